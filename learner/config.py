@@ -1,0 +1,111 @@
+"""Typed configs of the learner: the GRPO-family objective, the FSDP2 trainer and the experience stream.
+
+Pydantic v2 models with a docstring per field; imports no torch or ray (the CLI's ``--help`` reads
+these). ``LossConfig`` is the part a stage may override (clip range, aggregation, KL, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    advantage: Literal["grpo", "drgrpo"] = "drgrpo"
+    """Group advantage: ``grpo`` = (r - mean) / (std + eps); ``drgrpo`` = r - mean (Dr.GRPO, no std division)."""
+    clip_low: float = Field(0.2, ge=0.0, le=1.0)
+    """PPO ratio clip below: the ratio is clipped to >= 1 - clip_low."""
+    clip_high: float = Field(0.28, ge=0.0, le=10.0)
+    """PPO ratio clip above: <= 1 + clip_high (DAPO clip-higher uses 0.28 > clip_low)."""
+    aggregation: Literal["token", "sequence", "constant"] = "token"
+    """How token losses become a batch loss: ``token`` = mean over all completion tokens of the optimizer
+    step (DAPO); ``sequence`` = mean per sequence, then mean over sequences (GRPO); ``constant`` = sum per
+    sequence divided by ``constant_norm``, then mean over sequences (Dr.GRPO)."""
+    constant_norm: int = Field(1024, ge=1)
+    """The constant generation budget (tokens) that ``aggregation: constant`` divides by."""
+    kl_coef: float = Field(0.0, ge=0.0)
+    """Weight of the k3 KL estimate to the reference policy (the starting checkpoint); 0 = no KL and no
+    reference model is loaded."""
+    entropy_coef: float = Field(0.0, ge=0.0)
+    """Weight of the entropy bonus (subtracted from the loss); 0 = entropy is only measured."""
+    tis_cap: float | None = Field(2.0, gt=0.0)
+    """Truncated importance sampling: each token's loss is weighted by min(pi_old / pi_behaviour, tis_cap)
+    with pi_behaviour the log-prob the rollout engine recorded; ``None`` = off."""
+    max_staleness: int | None = Field(4, ge=0)
+    """Samples whose oldest token is more than this many policy versions behind the learner are dropped or
+    down-weighted (``staleness_mode``); 0 = strictly on-policy; ``None`` = no limit."""
+    staleness_mode: Literal["drop", "downweight"] = "drop"
+    """``drop`` removes too-stale samples; ``downweight`` keeps them and multiplies the loss of each
+    too-stale token by ``stale_weight``."""
+    stale_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Loss weight of a token older than ``max_staleness`` versions when ``staleness_mode: downweight``."""
+    advantage_eps: float = Field(1e-6, gt=0.0)
+    """Added to the group std before dividing (``advantage: grpo``)."""
+
+
+class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    world_size: int = Field(1, ge=1, le=1024)
+    """Number of learner ranks (Ray actors, one FSDP2 shard each). On a CPU one rank is fastest."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """``cpu`` = gloo over a CPU mesh; ``cuda`` = NCCL, one GPU per rank, bf16 mixed precision."""
+    num_cpus_per_rank: float = Field(1.0, gt=0.0)
+    """Ray CPUs each learner actor reserves."""
+    lr: float = Field(1e-6, gt=0.0, le=1.0)
+    """Peak AdamW learning rate (after warmup)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear LR warmup from 0; constant LR afterwards."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0.0)
+    """AdamW epsilon."""
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    """Clip the global gradient norm to this value; ``None`` = no clipping (the norm is still reported)."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward pass on each rank."""
+    grad_accumulation: int = Field(8, ge=1)
+    """Micro-batches per rank per optimizer step: one optimizer step consumes
+    micro_batch_size * grad_accumulation * world_size sequences; a bigger ``train_step`` batch makes
+    several optimizer steps (PPO mini-batches)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block's activations in the backward pass (less memory, ~1/3 more compute)."""
+    mixed_precision: bool = True
+    """bf16 parameters/compute with fp32 gradient reduction on ``cuda``; ignored on ``cpu`` (always fp32)."""
+    seed: int = Field(0, ge=0)
+    """Seed of torch's RNG on every rank."""
+    timeout_s: float = Field(1800.0, gt=0.0)
+    """Timeout of the process group's collectives."""
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> LearnerConfig:
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        return self
+
+
+class ExperienceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    backend: Literal["ray", "redis"] = "ray"
+    """``ray`` = an in-job queue actor (default); ``redis`` = Redis Streams with a consumer group and
+    acknowledgements, for rollout workers and learner in different jobs."""
+    maxsize: int = Field(0, ge=0)
+    """Ray queue: most groups held before ``put`` waits (back-pressure on rollout workers); 0 = unbounded."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis server of the ``redis`` backend."""
+    stream: str = "flywheel:experience"
+    """Redis stream key the groups are appended to."""
+    consumer_group: str = "learner"
+    """Redis consumer group of the learner."""
+    consumer: str = "learner-0"
+    """This learner's consumer name inside the group."""
+    reclaim_idle_ms: int = Field(0, ge=0)
+    """On start, pending (delivered, unacknowledged) entries idle at least this long are claimed by this
+    consumer (XAUTOCLAIM); 0 = all of them (a restarted learner is the only consumer)."""

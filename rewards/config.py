@@ -1,0 +1,63 @@
+"""Typed configuration of the verifier (``VerifyConfig``) and of reward shaping (``RewardConfig``).
+
+Pure pydantic: imports nothing heavy, so the CLI and the services can load it at start-up.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class VerifyConfig(BaseModel):
+    """How answers are extracted and compared, and the safety limits applied before sympy runs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    """Hard time limit per item; enforced by killing the worker process that runs it."""
+    last_number_fallback: bool = False
+    """Take the last number in the completion when no marked answer is found (causes false positives)."""
+    rel_tol: float = Field(1e-6, ge=0, le=0.1)
+    """Relative tolerance, used only when a side is an inexact float (e.g. ``1.41421`` vs ``\\sqrt{2}``)."""
+    abs_tol: float = Field(1e-9, ge=0, le=0.1)
+    """Absolute tolerance, combined with ``rel_tol`` for floats: ``|a-b| <= max(rel_tol*max(|a|,|b|), abs_tol)``."""
+    max_completion_chars: int = Field(200_000, ge=100, le=10_000_000)
+    """Completions longer than this get status ``error`` without being read."""
+    max_answer_chars: int = Field(1_000, ge=10, le=100_000)
+    """Extracted answers / gold answers longer than this are not parsed symbolically."""
+    max_depth: int = Field(30, ge=2, le=500)
+    """Maximum nesting depth of braces/brackets/parentheses in an answer before parsing."""
+    max_exponent: int = Field(1_000, ge=1, le=10**6)
+    """Largest absolute exponent (of integer powers, scientific notation, factorial argument) allowed."""
+    max_power_tower: int = Field(2, ge=1, le=10)
+    """Deepest chain of powers (``a^{b^{c}}`` is 3) allowed; deeper answers are refused, not evaluated."""
+    num_workers: int = Field(2, ge=1, le=256)
+    """Worker processes of the in-process pool that runs the symbolic comparisons."""
+
+
+class RewardConfig(BaseModel):
+    """Reward shaping: correctness, an optional format reward and the DAPO overlong soft penalty."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    """Answer extraction and comparison settings."""
+    correct_reward: float = 1.0
+    """Correctness reward of a correct answer."""
+    wrong_reward: float = 0.0
+    """Correctness reward of a wrong, missing or unverifiable answer (DAPO uses -1.0)."""
+    format_weight: float = Field(0.0, ge=0, le=10)
+    """Weight of the format reward (1 when the answer is marked, ``\\boxed{}``/``####``/``Answer:``); 0 = off."""
+    max_response_tokens: int | None = Field(None, ge=1)
+    """DAPO L_max: responses longer than this get the full -1 penalty; None turns the penalty off."""
+    overlong_buffer_tokens: int = Field(0, ge=0)
+    """DAPO L_cache: the soft-penalty band just below L_max; 0 = a hard -1 beyond L_max only."""
+    overlong_weight: float = Field(1.0, ge=0, le=10)
+    """Scale of the overlong penalty (1 = DAPO)."""
+
+    @model_validator(mode="after")
+    def _buffer_fits(self) -> RewardConfig:
+        if self.max_response_tokens is not None and self.overlong_buffer_tokens > self.max_response_tokens:
+            raise ValueError(f"overlong_buffer_tokens={self.overlong_buffer_tokens} exceeds "
+                             f"max_response_tokens={self.max_response_tokens}")
+        return self

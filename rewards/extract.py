@@ -1,0 +1,133 @@
+"""Answer extraction: find the final answer in a model completion.
+
+Precedence: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces); else the last marked answer
+line ("final answer is ...", GSM8K ``#### ...``, ``Answer: ...``), with inline math (``$...$``,
+``\\(...\\)``, ``\\[...\\]``) inside it unwrapped; else, only when asked, the last number.
+All scanning is linear in the completion length (no backtracking-prone regexes).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+
+class Extraction(NamedTuple):
+    answer: str | None
+    source: str
+    """``boxed`` | ``final_answer`` | ``gsm8k`` | ``answer_line`` | ``last_number`` | ``none``."""
+
+
+_BOX_CMDS = ("\\boxed", "\\fbox")
+_MARKERS = [
+    ("final_answer", re.compile(r"final answer(?: is|:)?\s*(?::\s*)?", re.IGNORECASE)),
+    ("gsm8k", re.compile(r"####\s*")),
+    ("answer_line", re.compile(r"(?<![a-z])answer\s*(?:is\s*)?:\s*", re.IGNORECASE)),
+]
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_MATH_SPANS = [("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")]
+_TRAILERS = re.compile(r"(?:\.\s+.*|\.\s*$|\s+I hope it is correct.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """Content of the ``{...}`` group opening at ``start`` (balanced), and the index after it."""
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth = 0
+    for i in range(start, len(text)):
+        c = text[i]
+        if c == "\\":  # skip escaped braces like \{ \}
+            continue
+        if c == "{" and (i == 0 or text[i - 1] != "\\"):
+            depth += 1
+        elif c == "}" and (i == 0 or text[i - 1] != "\\"):
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:i], i + 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{}`` or ``\\fbox{}`` (also ``\\boxed 5``), or None."""
+    best, best_pos = None, -1
+    for cmd in _BOX_CMDS:
+        pos = text.rfind(cmd)
+        while pos != -1:
+            after = pos + len(cmd)
+            if after < len(text) and text[after].isalpha():  # \boxedfoo is another command
+                pos = text.rfind(cmd, 0, pos)
+                continue
+            rest = after
+            while rest < len(text) and text[rest] == " ":
+                rest += 1
+            group = _braced(text, rest)
+            if group is not None:
+                content = group[0]
+            else:  # \boxed 5 form: one token
+                m = re.match(r"\s+([^\s$]+)", text[after:after + 200])
+                content = m.group(1) if m else None
+            if content is not None:
+                if pos > best_pos:
+                    best, best_pos = content, pos
+                break
+            pos = text.rfind(cmd, 0, pos)
+    return best.strip() if best is not None else None
+
+
+def unwrap_math(text: str) -> str:
+    """Strip surrounding whitespace and inline-math delimiters; take the first math span if any."""
+    s = text.strip()
+    for open_, close in _MATH_SPANS:
+        i = s.find(open_)
+        if i == -1:
+            continue
+        j = s.find(close, i + len(open_))
+        if j == -1:
+            continue
+        return s[i + len(open_):j].strip()
+    return s
+
+
+def _marked_answer(text: str) -> tuple[str, str] | None:
+    best = None
+    for source, pattern in _MARKERS:
+        m = None
+        for m in pattern.finditer(text):
+            pass
+        if m is None:
+            continue
+        if best is None or m.end() > best[2]:
+            best = (source, m.start(), m.end())
+    if best is None:
+        return None
+    source, _, end = best
+    line = text[end:].split("\n", 1)[0]
+    # "$...$" may span the first line only partially; unwrap it before cutting sentences
+    answer = unwrap_math(line)
+    if answer == line.strip():
+        answer = _TRAILERS.sub("", answer).strip()
+    answer = answer.rstrip(".").strip()
+    return (answer, source) if answer else None
+
+
+def find_answer(completion: str, last_number_fallback: bool = False) -> Extraction:
+    """The answer in ``completion`` and where it came from."""
+    boxed = last_boxed(completion)
+    if boxed is not None and boxed != "":
+        return Extraction(boxed, "boxed")
+    marked = _marked_answer(completion)
+    if marked is not None:
+        inner = last_boxed(marked[0])
+        return Extraction(inner if inner else marked[0], marked[1])
+    if last_number_fallback:
+        last = None
+        for last in _NUMBER.finditer(completion):
+            pass
+        if last is not None:
+            return Extraction(last.group(0).rstrip(","), "last_number")
+    return Extraction(None, "none")
+
+
+def extract_answer(completion: str, last_number_fallback: bool = False) -> str | None:
+    """The final answer found in ``completion`` (see the module docstring), or None."""
+    return find_answer(completion, last_number_fallback).answer

@@ -1,0 +1,1 @@
+"""Rollout side: vLLM engines in Ray actors, sampling, in-flight weight sync, the trajectory record."""

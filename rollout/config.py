@@ -1,0 +1,89 @@
+"""Typed config of the rollout side: sampling settings and the rollout workers. Imports no torch.
+
+``SamplingConfig`` is what a caller asks for (group size ``n``, temperature, ...); ``RolloutConfig``
+says how the vLLM workers are built and placed and how weights reach them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SamplingConfig(BaseModel):
+    """How to sample a group of completions for one prompt."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    n: int = Field(8, ge=1, le=1024)
+    """Samples per prompt (the GRPO group size)."""
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(256, ge=1, le=1_000_000)
+    """Most completion tokens per sample."""
+    stop: list[str] = Field(default_factory=list)
+    """Strings that end a completion (not included in it)."""
+    seed: int | None = None
+    """Base seed; sample ``i`` of a group uses ``seed + i``. None: nondeterministic."""
+
+
+class RolloutConfig(BaseModel):
+    """How the rollout workers are built, placed and fed new weights."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str = "runs/tiny/sft"
+    """Hugging Face checkpoint folder (or hub id) the workers serve."""
+    served_model_name: str | None = None
+    """Name clients use in ``model`` (OpenAI API); defaults to the checkpoint folder's name."""
+    num_workers: int = Field(1, ge=1, le=1024)
+    """Rollout worker actors, each owning one vLLM engine."""
+    max_in_flight: int = Field(16, ge=1, le=100_000)
+    """Prompts a worker keeps in flight in continuous mode (each expands to ``n`` sequences)."""
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    """GPUs per engine (tensor parallel); must be 1 on CPU."""
+    max_model_len: int = Field(2048, ge=16, le=1_048_576)
+    """Longest prompt + completion a sequence may reach."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Engine dtype; ``auto`` takes the checkpoint's."""
+    kv_cache_gib: float = Field(1.0, gt=0.0, le=4096.0)
+    """CPU KV-cache size per engine in GiB (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPU."""
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    """Fraction of each GPU's memory vLLM may use (GPU only)."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph capture / compilation (faster start; set False for peak GPU throughput)."""
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
+    """Behaviour log-probs after temperature/top-p (what was sampled from) or of the raw logits."""
+    weight_transport: Literal["object_store", "nccl"] = "object_store"
+    """How new weights reach the engines: CPU tensors via the Ray object store, or GPU NCCL broadcast."""
+    reprefill_after_versions: int | None = Field(None, ge=1, le=1_000_000)
+    """Re-prefill an in-flight sequence whose KV cache is this many versions stale; None keeps the cache."""
+    num_cpus_per_worker: float = Field(1.0, gt=0.0, le=1024.0)
+    """Ray CPUs reserved per worker actor."""
+    num_gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0)
+    """Ray GPUs reserved per worker actor (set to ``tensor_parallel_size`` on GPU)."""
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each worker needs (e.g. ``{"rollout_node": 1}``)."""
+    seed: int = Field(0, ge=0)
+    """Engine seed (per-request seeds come from ``SamplingConfig.seed``)."""
+    worker_restarts: int = Field(0, ge=-1, le=1000)
+    """Ray ``max_restarts`` per worker actor (-1: unlimited); the router re-queues a dead worker's prompts."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutConfig:
+        if self.weight_transport == "nccl" and self.num_gpus_per_worker <= 0:
+            raise ValueError("weight_transport = 'nccl' needs GPUs: set num_gpus_per_worker >= 1")
+        if self.tensor_parallel_size > 1 and self.num_gpus_per_worker < self.tensor_parallel_size:
+            raise ValueError(f"tensor_parallel_size = {self.tensor_parallel_size} needs num_gpus_per_worker >= "
+                             f"{self.tensor_parallel_size}, got {self.num_gpus_per_worker}")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The name served to clients."""
+        from pathlib import PurePath
+
+        return self.served_model_name or PurePath(self.model.rstrip("/")).name or self.model

@@ -1,0 +1,217 @@
+"""Typed config of the multi-stage GRPO job (``flywheel grpo`` / ``python -m services.grpo_job``).
+
+The job composes the other components' configs (``rollout``, ``learner``, ``loss``, ``reward``,
+``experience``) and adds what only the job knows: the starting checkpoint, resources and placement,
+evaluation, checkpoints, and the declared ``stages``. Each stage has its data (difficulty levels of
+the synthetic generator or a JSONL file of problems with answers), max response length (vLLM's
+``max_model_len`` follows), group size, temperature, a step budget and/or a reward-plateau stop rule,
+and loss overrides. ``loss.max_staleness: 0`` is the synchronous on-policy mode; anything above is
+asynchronous in-flight training (same code path). Imports no torch, vllm or ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.config import ExperienceConfig, LearnerConfig, LossConfig
+from rewards.config import RewardConfig
+from rollout.config import RolloutConfig
+
+
+class PlateauConfig(BaseModel):
+    """Stop a stage early when the batch reward stops improving."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    window: int = Field(4, ge=1, le=1000)
+    """Steps in the moving average of the batch reward mean."""
+    patience: int = Field(4, ge=1, le=1000)
+    """Stop when the moving average has not beaten its earlier best for this many steps."""
+    min_delta: float = Field(0.01, ge=0, le=1)
+    """An improvement smaller than this does not count."""
+    min_steps: int = Field(8, ge=0)
+    """Never stop before this many steps of the stage."""
+
+
+class StageConfig(BaseModel):
+    """One GRPO stage: data, lengths, sampling, budget; weights and optimizer state carry over."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = ""
+    """Display name (default ``stage<i>``)."""
+    difficulties: list[int] | None = Field(default_factory=lambda: [1])
+    """Difficulty levels of the synthetic problem generator (``pretraining.data``); None when ``data_file``."""
+    data_file: str | None = None
+    """JSONL file of problems, one ``{"question": ..., "answer": ...}`` per line (instead of ``difficulties``)."""
+    num_problems: int = Field(2000, ge=1)
+    """Training problems generated for the stage (synthetic data); the stage cycles through them."""
+    max_response_tokens: int = Field(64, ge=1, le=1_000_000)
+    """Longest completion; vLLM's ``max_model_len`` = ``max_prompt_tokens`` + this."""
+    group_size: int = Field(8, ge=2, le=1024)
+    """Samples per prompt (the GRPO group)."""
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    """Sampling temperature of the rollouts."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling of the rollouts."""
+    prompts_per_step: int = Field(8, ge=1, le=100_000)
+    """Groups (prompts) in one optimizer step, after dynamic sampling drops the zero-variance ones."""
+    steps: int = Field(20, ge=1, le=10_000_000)
+    """Optimizer steps of the stage (an upper bound when ``plateau`` is set)."""
+    plateau: PlateauConfig | None = None
+    """Stop early when the reward plateaus; None = run all ``steps``."""
+    overlong_buffer_tokens: int | None = Field(None, ge=0)
+    """DAPO overlong soft penalty band below ``max_response_tokens``; None keeps ``reward``'s setting."""
+    loss: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of ``loss`` fields for this stage, e.g. ``{clip_high: 0.28, kl_coef: 0.0}``."""
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of this stage (None keeps ``learner.lr``)."""
+
+    @model_validator(mode="after")
+    def _one_data_source(self) -> StageConfig:
+        if (self.data_file is None) == (self.difficulties is None):
+            raise ValueError("give exactly one of difficulties (synthetic levels) and data_file (JSONL)")
+        if self.difficulties is not None and not self.difficulties:
+            raise ValueError("difficulties is empty")
+        return self
+
+
+class ResourcesConfig(BaseModel):
+    """Where the actors run: CPUs/GPUs per role, custom Ray resources, placement groups."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    placement_group: bool = True
+    """Reserve one placement group (learner bundles + rollout bundles) before starting actors."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement-group strategy."""
+    learner_cpus: float = Field(1.0, ge=0, le=1024)
+    """CPUs per learner rank."""
+    learner_gpus: float = Field(0.0, ge=0, le=8)
+    """GPUs per learner rank."""
+    rollout_cpus: float = Field(1.0, ge=0, le=1024)
+    """CPUs per rollout worker."""
+    rollout_gpus: float = Field(0.0, ge=0, le=8)
+    """GPUs per rollout worker (times tensor_parallel_size is what the engine uses)."""
+    learner_custom: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per learner rank, e.g. ``{trainer_node: 1}``."""
+    rollout_custom: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per rollout worker, e.g. ``{inference_node: 1}``."""
+    verifier_actors: int = Field(1, ge=1, le=1024)
+    """Reward verifier Ray actors (``rewards.ray_pool.VerifierPool``)."""
+    verifier_cpus: float = Field(0.0, ge=0, le=64)
+    """CPUs reserved per verifier actor (0: they share cores with the others)."""
+
+
+class EvalSettings(BaseModel):
+    """Held-out accuracy at the start and at every stage end."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Evaluate at all."""
+    at_start: bool = True
+    """Also evaluate the starting checkpoint (the baseline of every gain)."""
+    num_problems: int = Field(100, ge=1)
+    """Held-out problems (``pretraining.data`` split ``heldout``, or ``data_file``)."""
+    k: int = Field(4, ge=1, le=256)
+    """Samples per problem: reports avg@k and pass@k (plus greedy accuracy when ``greedy``)."""
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    """Sampling temperature of the avg@k samples."""
+    greedy: bool = True
+    """Also report greedy (temperature 0) accuracy."""
+    difficulties: list[int] | None = None
+    """Held-out difficulty levels; None = the union of all stages' levels."""
+    data_file: str | None = None
+    """JSONL of held-out problems instead of the synthetic held-out split."""
+    max_response_tokens: int | None = Field(None, ge=1)
+    """Completion budget; None = the stage's ``max_response_tokens``."""
+    seed: int = 1234
+    """Seed of the held-out problem generator and of sampling."""
+
+
+class CheckpointSettings(BaseModel):
+    """Checkpoints (model, optimizer, schedule, progress, unconsumed experience) and resuming."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    every_steps: int = Field(0, ge=0)
+    """Checkpoint every N optimizer steps (0: only at stage ends)."""
+    resume: bool = True
+    """Resume from the latest checkpoint in ``output_dir`` when there is one."""
+    keep_last: int = Field(2, ge=1)
+    """Step checkpoints kept on disk (stage-end HF exports are always kept)."""
+
+
+class GRPOJobConfig(BaseModel):
+    """The multi-stage asynchronous GRPO job (``ray job submit -- python -m services.grpo_job``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str = "runs/pretraining/dpo"
+    """Starting HF checkpoint folder (the DPO or SFT output of the pretraining pipeline)."""
+    output_dir: str = "runs/grpo"
+    """Checkpoints, HF exports per stage, metrics.jsonl, plots."""
+    seed: int = 0
+    """Seed of data order and sampling."""
+    ray_address: str | None = None
+    """Ray cluster to join (None: the one of ``ray job submit``/``RAY_ADDRESS``, else a local one)."""
+    max_prompt_tokens: int = Field(128, ge=8, le=1_000_000)
+    """Longest prompt (chat-formatted question); longer problems are skipped with a warning."""
+    stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()], min_length=1)
+    """The declared stages, run in order."""
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """Rollout workers (its model path and max_model_len are set by the job per stage)."""
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    """FSDP2 learner."""
+    loss: LossConfig = Field(default_factory=LossConfig)
+    """GRPO-family objective, dynamic sampling and staleness (``max_staleness: 0`` = synchronous mode)."""
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    """Reward shaping and verifier settings."""
+    experience: ExperienceConfig = Field(default_factory=ExperienceConfig)
+    """Experience stream backend (Ray queue or Redis Streams)."""
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Actor resources and placement."""
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    """Held-out evaluation."""
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    """Checkpointing and resume."""
+    log_every: int = Field(1, ge=1)
+    """Print the per-step line every N steps (metrics.jsonl gets every step)."""
+    plots: bool = True
+    """Write PNG plots of reward and accuracy per stage at the end."""
+    progress_bar: bool = True
+    """Show a tqdm bar per stage."""
+
+    @model_validator(mode="after")
+    def _stage_losses_valid(self) -> GRPOJobConfig:
+        for i, stage in enumerate(self.stages):
+            try:
+                stage_loss(self, i)
+            except ValidationError as e:
+                bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+                raise ValueError(f"stages.{i}.loss overrides are invalid: {bad}") from None
+        return self
+
+
+def stage_loss(cfg: GRPOJobConfig, index: int) -> LossConfig:
+    """The loss config of stage ``index``: ``cfg.loss`` with the stage's overrides applied."""
+    over = cfg.stages[index].loss
+    if not over:
+        return cfg.loss
+    return LossConfig.model_validate({**cfg.loss.model_dump(), **over})
+
+
+def stage_reward(cfg: GRPOJobConfig, index: int) -> RewardConfig:
+    """The reward config of stage ``index``: the overlong penalty follows the stage's response budget."""
+    stage = cfg.stages[index]
+    if stage.overlong_buffer_tokens is None:
+        return cfg.reward
+    return cfg.reward.model_copy(update={"max_response_tokens": stage.max_response_tokens,
+                                         "overlong_buffer_tokens": stage.overlong_buffer_tokens})
+
+
+def stage_name(cfg: GRPOJobConfig, index: int) -> str:
+    return cfg.stages[index].name or f"stage{index}"
