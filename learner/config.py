@@ -109,3 +109,6 @@ class ExperienceConfig(BaseModel):
     reclaim_idle_ms: int = Field(0, ge=0)
     """On start, pending (delivered, unacknowledged) entries idle at least this long are claimed by this
     consumer (XAUTOCLAIM); 0 = all of them (a restarted learner is the only consumer)."""
+    trim_acked: bool = True
+    """Delete acknowledged entries from the stream (XDEL) so it does not grow without bound; turn off when
+    other consumer groups read the same stream."""

@@ -95,13 +95,13 @@ def aggregate(token_values: torch.Tensor, mask: torch.Tensor, mode: str, norm: N
     """Reduce per-token values to this micro-batch's share of the step's loss.
 
     - ``token``: sum(values * mask) / norm.tokens
-    - ``sequence``: sum_i [sum_t(values * mask)_i / |o_i|] / norm.sequences
+    - ``sequence``: sum_i [sum_t(values * mask)_i / |o_i|] / norm.sequences, |o_i| = tokens with mask > 0
     - ``constant``: sum(values * mask) / (constant_norm * norm.sequences)
     """
     if mode == "token":
         return (token_values * mask).sum() / max(norm.tokens, 1.0)
     if mode == "sequence":
-        per_seq = (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        per_seq = (token_values * mask).sum(-1) / (mask > 0).sum(-1).clamp(min=1)
         return per_seq.sum() / max(norm.sequences, 1.0)
     if mode == "constant":
         return (token_values * mask).sum() / (constant_norm * max(norm.sequences, 1.0))

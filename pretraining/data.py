@@ -245,11 +245,12 @@ def make_problems(split: str, difficulties: list[int], n: int, seed: int) -> lis
         draw = fn(r)
         if split_of(name, draw.operands) != split:
             continue
-        if draw.question in seen[level] and misses[level] < 2000:
-            misses[level] += 1
+        if misses[level] < 500 and draw.question in seen[level]:
+            misses[level] += 1  # after 500 straight repeats the level's space is spent: allow repeats
             continue
-        seen[level].add(draw.question)
-        misses[level] = 0
+        if misses[level] < 500:
+            seen[level].add(draw.question)
+            misses[level] = 0
         out.append(_problem(name, level, draw, split, r))
     return out
 

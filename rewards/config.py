@@ -19,7 +19,7 @@ class VerifyConfig(BaseModel):
     """Take the last number in the completion when no marked answer is found (causes false positives)."""
     rel_tol: float = Field(1e-6, ge=0, le=0.1)
     """Relative tolerance, used only when a side is an inexact float (e.g. ``1.41421`` vs ``\\sqrt{2}``)."""
-    abs_tol: float = Field(1e-9, ge=0, le=0.1)
+    abs_tol: float = Field(0.0, ge=0, le=0.1)
     """Absolute tolerance, combined with ``rel_tol`` for floats: ``|a-b| <= max(rel_tol*max(|a|,|b|), abs_tol)``."""
     max_completion_chars: int = Field(200_000, ge=100, le=10_000_000)
     """Completions longer than this get status ``error`` without being read."""
@@ -29,8 +29,8 @@ class VerifyConfig(BaseModel):
     """Maximum nesting depth of braces/brackets/parentheses in an answer before parsing."""
     max_exponent: int = Field(1_000, ge=1, le=10**6)
     """Largest absolute exponent (of integer powers, scientific notation, factorial argument) allowed."""
-    max_power_tower: int = Field(2, ge=1, le=10)
-    """Deepest chain of powers (``a^{b^{c}}`` is 3) allowed; deeper answers are refused, not evaluated."""
+    max_power_tower: int = Field(3, ge=1, le=10)
+    """Longest chain of powers allowed (``a^b`` is 1, ``a^{b^{c}}`` is 2); taller ones are refused, not evaluated."""
     num_workers: int = Field(2, ge=1, le=256)
     """Worker processes of the in-process pool that runs the symbolic comparisons."""
 

@@ -49,7 +49,7 @@ class RolloutConfig(BaseModel):
     """Longest prompt + completion a sequence may reach."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Engine dtype; ``auto`` takes the checkpoint's."""
-    kv_cache_gib: float = Field(1.0, gt=0.0, le=4096.0)
+    kv_cache_gib: int = Field(1, ge=1, le=4096)
     """CPU KV-cache size per engine in GiB (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPU."""
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     """Fraction of each GPU's memory vLLM may use (GPU only)."""

@@ -47,11 +47,11 @@ class JobProgress:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def record_step(self, reward_mean: float) -> None:
-        """One optimizer step done: weights move to version + 1."""
+    def record_step(self, reward_mean: float, version: int | None = None) -> None:
+        """One training step done: weights move to ``version`` (default: version + 1)."""
         self.step_in_stage += 1
         self.global_step += 1
-        self.version += 1
+        self.version = self.version + 1 if version is None else int(version)
         self.stage_rewards.append(float(reward_mean))
 
     def finish_stage(self, reason: str, num_stages: int) -> None:
@@ -135,3 +135,28 @@ def staleness_histogram(groups: Iterable[dict[str, Any]], learner_version: int) 
         for s in g["samples"]:
             counts[sample_staleness(s["versions"], learner_version)] += 1
     return dict(sorted(counts.items()))
+
+
+class IdleClock:
+    """Time a resource spent idle, from timestamped state changes: ``mark(busy, now)`` at every change.
+
+    The job marks the rollout side busy while it has prompts in flight, so in synchronous mode the
+    whole training step counts as rollout idle time and in asynchronous mode only the gaps do.
+    """
+
+    def __init__(self, now: float):
+        self.t = now
+        self.busy = False
+        self.idle_s = 0.0
+
+    def mark(self, busy: bool, now: float) -> None:
+        if not self.busy:
+            self.idle_s += max(0.0, now - self.t)
+        self.t = now
+        self.busy = busy
+
+    def take(self, now: float) -> float:
+        """Idle seconds since the last ``take`` (the state carries on)."""
+        self.mark(self.busy, now)
+        idle, self.idle_s = self.idle_s, 0.0
+        return idle

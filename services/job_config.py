@@ -79,26 +79,20 @@ class StageConfig(BaseModel):
 
 
 class ResourcesConfig(BaseModel):
-    """Where the actors run: CPUs/GPUs per role, custom Ray resources, placement groups."""
+    """Placement of the actors. CPUs/GPUs per actor live with each component (``learner.num_cpus_per_rank``,
+    ``rollout.num_cpus_per_worker`` / ``num_gpus_per_worker`` / ``resources_per_worker``); this section
+    adds the placement group, the learner's custom resources and the verifier actors."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     placement_group: bool = True
-    """Reserve one placement group (learner bundles + rollout bundles) before starting actors."""
+    """Reserve one placement group (a bundle per learner rank, then one per rollout worker) before starting
+    the actors, so a job either gets all its resources or waits without starting anything."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Ray placement-group strategy."""
-    learner_cpus: float = Field(1.0, ge=0, le=1024)
-    """CPUs per learner rank."""
-    learner_gpus: float = Field(0.0, ge=0, le=8)
-    """GPUs per learner rank."""
-    rollout_cpus: float = Field(1.0, ge=0, le=1024)
-    """CPUs per rollout worker."""
-    rollout_gpus: float = Field(0.0, ge=0, le=8)
-    """GPUs per rollout worker (times tensor_parallel_size is what the engine uses)."""
     learner_custom: dict[str, float] = Field(default_factory=dict)
-    """Custom Ray resources per learner rank, e.g. ``{trainer_node: 1}``."""
-    rollout_custom: dict[str, float] = Field(default_factory=dict)
-    """Custom Ray resources per rollout worker, e.g. ``{inference_node: 1}``."""
+    """Custom Ray resources per learner rank, e.g. ``{learner_node: 1}`` (rollout workers take theirs from
+    ``rollout.resources_per_worker``)."""
     verifier_actors: int = Field(1, ge=1, le=1024)
     """Reward verifier Ray actors (``rewards.ray_pool.VerifierPool``)."""
     verifier_cpus: float = Field(0.0, ge=0, le=64)
@@ -178,6 +172,18 @@ class GRPOJobConfig(BaseModel):
     """Held-out evaluation."""
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     """Checkpointing and resume."""
+    issue_ahead_steps: int = Field(2, ge=0, le=1000)
+    """Batches of prompts kept in flight ahead of the learner when ``loss.max_staleness`` is None (no limit)."""
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards are all equal (no signal) and keep pulling until the batch is full (DAPO)."""
+    max_draws_per_step: float = Field(4.0, ge=1.0, le=1000.0)
+    """Give up dropping after drawing this many times ``prompts_per_step`` groups for one step (a model
+    that gets everything wrong or right would otherwise never fill a batch); later groups are kept."""
+    worker_stats: bool = True
+    """Ask the rollout workers for their stats every step (idle share, sync stall)."""
+    stop_after_steps: int | None = Field(None, ge=1)
+    """Stop this run (checkpointed) after this many optimizer steps; rerun to resume. For time-boxed runs
+    on preemptible machines; None = run every stage to the end."""
     log_every: int = Field(1, ge=1)
     """Print the per-step line every N steps (metrics.jsonl gets every step)."""
     plots: bool = True

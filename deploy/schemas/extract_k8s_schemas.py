@@ -1,7 +1,7 @@
 """Regenerate ``deploy/schemas/k8s/`` from the Kubernetes JSON schemas that `kubernetes-validate` ships.
 
 The validation tests must not download anything, so the schemas for the kinds our manifests use
-(Deployment, Service, and the PodTemplateSpec that KubeRay's RayCluster/RayJob embed) live in the repo.
+(Deployment, Service, PersistentVolumeClaim, and the PodTemplateSpec that KubeRay's RayCluster/RayJob embed) live in the repo.
 This script copies them out of the `kubernetes-validate` wheel (Apache-2.0; the schemas themselves are
 generated from the Kubernetes OpenAPI spec), keeping only the definitions reachable from those kinds and
 rewriting ``$ref`` targets to the local ``_definitions.json``:
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-KINDS = ["deployment-apps-v1.json", "service-v1.json"]
+KINDS = ["deployment-apps-v1.json", "service-v1.json", "persistentvolumeclaim-v1.json"]
 """Top-level kinds our Kubernetes manifests use (file names as kubernetes-validate spells them)."""
 EXTRA_DEFS = ["io.k8s.api.core.v1.PodTemplateSpec", "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
 """Definitions the hand-written KubeRay schemas reference."""

@@ -91,3 +91,15 @@ def test_progress_round_trip_and_stage_transitions():
     q.record_step(0.1)
     q.finish_stage("plateau", num_stages=2)
     assert q.finished and q.stop_reasons == ["steps", "plateau"]
+
+
+def test_idle_clock_counts_only_idle_intervals():
+    from services.grpo_schedule import IdleClock
+
+    c = IdleClock(now=0.0)       # idle from 0
+    c.mark(True, 1.0)            # busy at 1 -> 1 s idle
+    c.mark(True, 3.0)            # still busy
+    c.mark(False, 4.0)           # idle from 4
+    assert c.take(6.0) == pytest.approx(3.0)  # 1 + (6 - 4)
+    c.mark(True, 6.5)
+    assert c.take(10.0) == pytest.approx(0.5)

@@ -1,0 +1,231 @@
+"""Typed configs for ``flywheel pretrain | sft | dpo | merge | eval`` (pydantic; imports no torch).
+
+Defaults are the tiny CPU pipeline's measured values; ``configs/*_tiny.yaml`` spell them out. Pointing
+the same code at a real model means changing ``model.size`` / ``init_from``, lengths and batch sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DOCUMENT_SOURCES = ("problems", "arithmetic_facts", "counting", "comparisons")  # = pretraining.data
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class OptimConfig(_Base):
+    lr: float = Field(3e-3, gt=0, le=1.0)
+    """Peak learning rate (AdamW)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    weight_decay: float = Field(0.1, ge=0)
+    """Decoupled weight decay on matrices; embeddings and norms get none."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0 disables)."""
+    grad_accum: int = Field(1, ge=1, le=4096)
+    """Micro-batches accumulated per optimizer step."""
+    z_loss: float = Field(0.0, ge=0)
+    """Weight of the z-loss (mean squared log-partition of the logits); 0 disables."""
+
+
+class ScheduleConfig(_Base):
+    kind: Literal["wsd", "cosine", "constant"] = "wsd"
+    """LR shape: warmup-stable-decay, cosine, or constant after warmup."""
+    warmup_steps: int = Field(20, ge=0)
+    """Linear warmup steps."""
+    decay_fraction: float = Field(0.2, ge=0, le=1)
+    """WSD: the last fraction of all steps decays linearly to ``min_lr_ratio``."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Final LR as a fraction of the peak (wsd and cosine)."""
+
+
+class MetricsConfig(_Base):
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
+    """Where metrics go: JSONL always; TensorBoard when installed; W&B (offline) when listed."""
+    wandb_project: str = "flywheel"
+    """W&B project name (offline mode)."""
+    log_every: int = Field(10, ge=1)
+    """Log a line (and a metrics record) every N optimizer steps."""
+
+
+class DistributedConfig(_Base):
+    fsdp: Literal["auto", "on", "off"] = "auto"
+    """FSDP2 ``fully_shard``: ``auto`` turns it on when launched with WORLD_SIZE > 1 (torchrun)."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """Process-group backend: ``auto`` = nccl on GPU, gloo on CPU."""
+
+
+class TokenizerConfig(_Base):
+    path: str | None = None
+    """An existing tokenizer folder; when unset a byte-level BPE is trained on the stage-1 corpus."""
+    vocab_size: int = Field(512, ge=260, le=1_000_000)
+    """BPE vocabulary size (incl. 256 bytes and the chat special tokens)."""
+    train_docs: int = Field(4000, ge=10)
+    """Documents the tokenizer is trained on."""
+
+
+class DataStage(_Base):
+    name: str
+    """Stage name (``general``, ``reasoning``...), used in logs and checkpoint folders."""
+    steps: int = Field(ge=1)
+    """Optimizer steps in this stage."""
+    mixture: dict[str, float]
+    """Document source -> weight (sources: problems, arithmetic_facts, counting, comparisons)."""
+    difficulties: list[int] = [1, 2, 3, 4, 5]
+    """Problem difficulty levels that the ``problems`` source draws from."""
+
+    @field_validator("mixture")
+    @classmethod
+    def _known_sources(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in DOCUMENT_SOURCES]
+        if bad:
+            raise ValueError(f"unknown source(s) {bad}; expected some of {list(DOCUMENT_SOURCES)}")
+        if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("weights must be >= 0 with a positive sum")
+        return v
+
+
+class _TrainCommon(_Base):
+    out_dir: str
+    """Run folder: metrics.jsonl, loss curve PNG, checkpoints (``final/`` is the HF export)."""
+    seed: int = 0
+    """Seed for data, init and shuffling."""
+    seq_len: int = Field(256, ge=8, le=1_000_000)
+    """Tokens per packed row (the context length used in training)."""
+    batch_size: int = Field(16, ge=1)
+    """Rows per micro-batch (per rank)."""
+    packing: bool = True
+    """Pack documents into rows (intra-document masking); False pads one document per row."""
+    optim: OptimConfig = OptimConfig()
+    """Optimizer."""
+    schedule: ScheduleConfig = ScheduleConfig()
+    """Learning-rate schedule."""
+    metrics: MetricsConfig = MetricsConfig()
+    """Metrics logging."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Multi-process (FSDP2) settings."""
+    save_every: int = Field(0, ge=0)
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    resume: bool = False
+    """Continue from the latest resumable checkpoint in ``out_dir``."""
+    eval_n: int = Field(0, ge=0)
+    """After training, greedy held-out accuracy on this many problems with vLLM (0 skips)."""
+    num_threads: int = Field(0, ge=0)
+    """torch intra-op threads (0: torch's default)."""
+
+
+class ModelChoice(_Base):
+    size: str = "tiny"
+    """Named size (tiny ~1M, mini, small, qwen3-0.6b, qwen3-1.7b, qwen3-4b)."""
+
+
+class PretrainConfig(_TrainCommon):
+    out_dir: str = "runs/pretrain"
+    """Run folder: metrics.jsonl, loss curve PNG, ``stage-N/`` checkpoints, ``final/`` HF export."""
+    model: ModelChoice = ModelChoice()
+    """Architecture."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    """Tokenizer to use or train."""
+    stages: list[DataStage] = [
+        DataStage(name="general", steps=300,
+                  mixture={"problems": 0.5, "arithmetic_facts": 0.3, "counting": 0.1, "comparisons": 0.1}),
+        DataStage(name="reasoning", steps=150, mixture={"problems": 0.9, "arithmetic_facts": 0.1}),
+    ]
+    """Data stages run in order with one LR schedule across all of them."""
+
+    @model_validator(mode="after")
+    def _stages(self) -> "PretrainConfig":
+        if not self.stages:
+            raise ValueError("stages: at least one data stage is needed")
+        return self
+
+
+class SFTConfig(_TrainCommon):
+    out_dir: str = "runs/sft"
+    """Run folder; ``final/`` is the HF export."""
+    init_from: str = "runs/pretrain/final"
+    """Checkpoint folder to fine-tune."""
+    n_examples: int = Field(4000, ge=1)
+    """Training conversations generated from the train split."""
+    difficulties: list[int] = [1, 2, 3, 4, 5]
+    """Difficulty levels of the SFT problems."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the packed data."""
+    optim: OptimConfig = OptimConfig(lr=1e-3, weight_decay=0.0)
+    """Optimizer."""
+    schedule: ScheduleConfig = ScheduleConfig(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    """Learning-rate schedule."""
+
+
+class DPOConfig(_TrainCommon):
+    out_dir: str = "runs/dpo"
+    """Run folder; ``final/`` is the HF export."""
+    init_from: str = "runs/sft/final"
+    """Checkpoint to optimise; also the frozen reference model."""
+    n_pairs: int = Field(1000, ge=1)
+    """Preference pairs (correct vs plausible wrong solution) from the train split."""
+    difficulties: list[int] = [1, 2, 3, 4, 5]
+    """Difficulty levels of the pairs."""
+    loss: Literal["sigmoid", "ipo", "apo_zero"] = "apo_zero"
+    """Preference loss: DPO ``sigmoid``, ``ipo`` (length-normalised log-ratios), ``apo_zero``."""
+    beta: float = Field(0.1, gt=0, le=10)
+    """Strength of the implicit KL to the reference."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the pairs."""
+    batch_size: int = Field(16, ge=1)
+    """Pairs per micro-batch."""
+    packing: bool = False
+    """DPO pads each sequence (pairs are scored per sequence)."""
+    optim: OptimConfig = OptimConfig(lr=1e-4, weight_decay=0.0)
+    """Optimizer (about 10x below SFT, as SmolLM3 used)."""
+    schedule: ScheduleConfig = ScheduleConfig(kind="cosine", warmup_steps=5, min_lr_ratio=0.1)
+    """Learning-rate schedule."""
+
+
+class MergeConfig(_Base):
+    checkpoints: list[str] = Field(default_factory=list)
+    """Two or more checkpoint folders of one architecture to average."""
+    weights: list[float] | None = None
+    """Per-checkpoint weights (normalised to sum to 1); uniform when unset."""
+    out_dir: str = "runs/merged"
+    """Folder for the merged HF checkpoint (tokenizer copied from the first input)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "MergeConfig":
+        if len(self.checkpoints) < 1:
+            raise ValueError("checkpoints: give at least one folder (--checkpoints '[a, b]')")
+        if self.weights is not None:
+            if len(self.weights) != len(self.checkpoints):
+                raise ValueError(f"weights has {len(self.weights)} entries for {len(self.checkpoints)} checkpoints")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be >= 0 with a positive sum")
+        return self
+
+
+class EvalConfig(_Base):
+    checkpoint: str = "runs/dpo/final"
+    """Checkpoint folder to evaluate."""
+    n: int = Field(200, ge=1)
+    """Held-out problems."""
+    k: int = Field(4, ge=1, le=256)
+    """Samples per problem for avg@k and pass@k (0 temperature-free greedy run is always done)."""
+    difficulties: list[int] = [1, 2, 3, 4, 5]
+    """Difficulty levels to evaluate."""
+    temperature: float = Field(1.0, ge=0, le=5)
+    """Sampling temperature for the k samples."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling for the k samples."""
+    max_tokens: int = Field(160, ge=1)
+    """Maximum completion tokens."""
+    seed: int = 1234
+    """Seed of the held-out draw and of sampling."""
+    out: str | None = None
+    """Write the result (and per-problem completions) as JSON here."""
+    kv_cache_gib: float = Field(1.0, gt=0)
+    """vLLM CPU KV-cache size (GiB) when VLLM_CPU_KVCACHE_SPACE is not set."""

@@ -1,0 +1,87 @@
+"""Multi-process training with FSDP2 (``fully_shard``): gloo on CPU with an explicit CPU mesh, NCCL on GPU.
+
+Launch with ``torchrun --nproc-per-node N -m services.cli pretrain ...``; a single process (the CPU
+default) never touches ``torch.distributed``. Each rank takes every ``world_size``-th row of a global
+batch; the trainer normalises the loss by the global target count, so N ranks match one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pretraining.config import DistributedConfig
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    device: str
+    mesh: Any
+
+    def barrier(self) -> None:
+        import torch.distributed as td
+
+        td.barrier()
+
+    def shard(self, rows: list) -> list:
+        """This rank's share of a global list of rows."""
+        return rows[self.rank::self.world_size]
+
+
+def init_distributed(cfg: DistributedConfig) -> Dist | None:
+    """A :class:`Dist` when FSDP is on (WORLD_SIZE > 1 or ``fsdp: on``), else None (single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.fsdp == "off" or (cfg.fsdp == "auto" and world == 1):
+        if world > 1:
+            raise ValueError(f"WORLD_SIZE={world} but distributed.fsdp=off: multi-process training needs FSDP")
+        return None
+    import torch
+    import torch.distributed as td
+    from torch.distributed.device_mesh import init_device_mesh
+
+    cuda = torch.cuda.is_available()
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
+    if not td.is_initialized():
+        if "MASTER_ADDR" not in os.environ:  # fsdp: on in a single process
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29517")
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+        td.init_process_group(backend)
+    rank, world = td.get_rank(), td.get_world_size()
+    device = "cpu"
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (world,))  # explicit CPU mesh for gloo
+    return Dist(rank, world, device, mesh)
+
+
+def shard_model(model, dist: Dist):
+    """``fully_shard`` every decoder block, then the root (embeddings, final norm, tied head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(dist.device)
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=dist.mesh)
+    fully_shard(model, mesh=dist.mesh)
+    return model
+
+
+def full_state_dict(model) -> dict:
+    """The unsharded state dict on CPU (collective: every rank must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def close_distributed(dist: Dist | None) -> None:
+    if dist is not None:
+        import torch.distributed as td
+
+        if td.is_initialized():
+            td.destroy_process_group()

@@ -1,0 +1,195 @@
+"""``flywheel dpo``: preference optimisation with ``sigmoid`` (DPO), ``ipo`` or ``apo_zero`` losses.
+
+Pairs are a correct worked solution (chosen) vs a plausible wrong one (rejected: an arithmetic slip or
+a skipped final step) for the same train-split question. The reference model is the starting
+checkpoint; its log-probs are computed once before training. Logged: loss, implicit rewards of chosen
+and rejected (``beta * log pi/pi_ref``), their margin and the preference accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pretraining.config import DPOConfig
+
+log = logging.getLogger(__name__)
+
+
+def preference_losses(pc, pr, rc, rr, beta: float, loss: str, len_c=None, len_r=None):
+    """Per-pair losses from policy (``pc``, ``pr``) and reference (``rc``, ``rr``) sequence log-probs.
+
+    - ``sigmoid`` (DPO): ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``
+    - ``ipo``: ``(h - 1/(2 beta))^2`` with ``h`` the same difference of log-ratios, each log-prob
+      averaged over its completion tokens (``len_c``, ``len_r``), as IPO implementations do
+    - ``apo_zero``: ``(1 - sigmoid(beta * (pc - rc))) + sigmoid(beta * (pr - rr))`` (push chosen up,
+      rejected down, anchored at the reference)
+    """
+    import torch.nn.functional as F
+
+    if loss == "ipo":
+        if len_c is None or len_r is None:
+            raise ValueError("ipo needs the completion lengths len_c and len_r")
+        pc, pr, rc, rr = pc / len_c, pr / len_r, rc / len_c, rr / len_r
+    chosen, rejected = pc - rc, pr - rr
+    if loss == "sigmoid":
+        return -F.logsigmoid(beta * (chosen - rejected))
+    if loss == "ipo":
+        return (chosen - rejected - 1 / (2 * beta)) ** 2
+    if loss == "apo_zero":
+        return (1 - (beta * chosen).sigmoid()) + (beta * rejected).sigmoid()
+    raise ValueError(f"loss={loss!r}: expected sigmoid, ipo or apo_zero")
+
+
+def sequence_logps(model, batch: dict):
+    """``(sum of target log-probs, target count)`` per row; targets are labels != -100."""
+    import torch
+
+    from pretraining.packing import IGNORE
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    labels = batch["labels"]
+    mask = labels != IGNORE
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def pair_rows(cfg: DPOConfig, tokenizer) -> tuple[list, list]:
+    """Padded chosen and rejected rows (completion-only targets), one of each per pair."""
+    from pretraining.chat import encode_prompt_completion
+    from pretraining.data import preference_pairs
+    from pretraining.packing import pad_rows
+
+    pairs = preference_pairs(cfg.n_pairs, cfg.seed, cfg.difficulties)
+    if not pairs:
+        raise ValueError("DPO dataset is empty (n_pairs=0?)")
+    seqs = {"chosen": [], "rejected": []}
+    for p in pairs:
+        for side in seqs:
+            prompt, completion = encode_prompt_completion(tokenizer, p["prompt"], p[side])
+            seqs[side].append((prompt + completion, [0] * len(prompt) + [1] * len(completion)))
+    longest = max(len(s[0]) for side in seqs.values() for s in side)
+    if longest > cfg.seq_len:
+        raise ValueError(f"a preference sequence has {longest} tokens, longer than seq_len={cfg.seq_len}")
+    return (pad_rows(seqs["chosen"], longest, tokenizer.pad_token_id),
+            pad_rows(seqs["rejected"], longest, tokenizer.pad_token_id))
+
+
+def _collate_pairs(chosen: list, rejected: list, idx: list[int], ref) -> dict:
+    import torch
+
+    from pretraining.packing import collate
+
+    b = collate([chosen[i] for i in idx] + [rejected[i] for i in idx], packed=False)
+    b["ref_chosen"], b["ref_rejected"] = ref[0][idx], ref[1][idx]
+    return b
+
+
+def reference_logps(model, chosen: list, rejected: list, batch: int = 64):
+    """Reference log-probs of every chosen and rejected row (computed once, no grad)."""
+    import torch
+
+    from pretraining.packing import collate
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for rows in (chosen, rejected):
+            vals = [sequence_logps(model, collate(rows[i:i + batch], packed=False))[0] for i in range(0, len(rows), batch)]
+            outs.append(torch.cat(vals))
+    return outs
+
+
+def dpo_objective(beta: float, loss: str):
+    def objective(model, b: dict):
+        logps, counts = sequence_logps(model, b)
+        n = b["ref_chosen"].shape[0]
+        pc, pr, lc, lr = logps[:n], logps[n:], counts[:n], counts[n:]
+        losses = preference_losses(pc, pr, b["ref_chosen"], b["ref_rejected"], beta, loss, lc, lr)
+        rc, rj = beta * (pc - b["ref_chosen"]).detach(), beta * (pr - b["ref_rejected"]).detach()
+        stats = {"reward_chosen": rc.sum().item(), "reward_rejected": rj.sum().item(),
+                 "reward_margin": (rc - rj).sum().item(), "preference_acc": (rc > rj).float().sum().item()}
+        return losses.sum(), stats
+
+    return objective
+
+
+def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """Optimise ``cfg.init_from`` on preference pairs; returns ``{"final", "history", "seconds"}``."""
+    import torch
+
+    from pretraining.checkpoint import load_checkpoint
+    from pretraining.distributed import close_distributed, init_distributed, shard_model
+    from pretraining.metrics import MetricsLogger, plot_loss_curves
+    from pretraining.pretrain import latest_resumable
+    from pretraining.trainer import Trainer, export_model
+
+    t0 = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model, tok = load_checkpoint(cfg.init_from)
+    chosen, rejected = pair_rows(cfg, tok)
+    ref = reference_logps(model, chosen, rejected)
+    dist = init_distributed(cfg.distributed)
+    rank0 = dist is None or dist.rank == 0
+    if dist is not None:
+        shard_model(model, dist)
+    world = dist.world_size if dist else 1
+    device = dist.device if dist else "cpu"
+    per_step = cfg.batch_size * cfg.optim.grad_accum * world
+    per_epoch = max(len(chosen) // per_step, 1)
+    total = per_epoch * cfg.epochs
+    orders: dict[int, list[int]] = {}
+
+    def batches_at(step: int) -> list[dict]:
+        epoch, j = divmod(step, per_epoch)
+        if epoch not in orders:
+            orders[epoch] = list(range(len(chosen)))
+            random.Random(cfg.seed * 7919 + epoch).shuffle(orders[epoch])
+        idx = orders[epoch][j * per_step:(j + 1) * per_step]
+        mine = dist.shard(idx) if dist else idx
+        return [{k: v.to(device) for k, v in _collate_pairs(chosen, rejected, mine[a:a + cfg.batch_size], ref).items()}
+                for a in range(0, len(mine), cfg.batch_size)]
+
+    run_dir = Path(cfg.out_dir)
+    if rank0:
+        log.info("DPO (%s, beta %g): %d pairs, %d steps", cfg.loss, cfg.beta, len(chosen), total)
+    metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
+                            append=cfg.resume) if rank0 else None
+    trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
+                      objective=dpo_objective(cfg.beta, cfg.loss), count=lambda b: int(b["ref_chosen"].shape[0]),
+                      dist=dist, log_every=cfg.metrics.log_every, name="dpo")
+    if cfg.resume:
+        ck = latest_resumable(run_dir)
+        if ck is None:
+            raise FileNotFoundError(f"resume: no resumable checkpoint under {run_dir}")
+        trainer.load_resumable(ck)
+
+    def maybe_save(step: int) -> None:
+        if cfg.save_every and step % cfg.save_every == 0 and step < total:
+            trainer.save_resumable(run_dir / "checkpoint-latest", tok, data_position=step, meta={"step": step})
+
+    trainer.run(total, batches_at, stage="dpo", on_step=maybe_save)
+    final = export_model(model, tok, run_dir / "final", dist,
+                         meta={"step": total, "job": "dpo", "loss": cfg.loss, "beta": cfg.beta, "init_from": cfg.init_from})
+    if metrics is not None:
+        metrics.close()
+        plot_loss_curves(metrics.path, run_dir / "loss.png", keys=("loss", "reward_margin", "preference_acc"),
+                         title=f"DPO ({cfg.loss})")
+    close_distributed(dist)
+    return {"final": str(final), "history": trainer.history, "seconds": time.perf_counter() - t0}
+
+
+def main(cfg: DPOConfig) -> int:
+    out = run_dpo(cfg)
+    last = out["history"][-1]
+    print(f"DPO done in {out['seconds']:.0f}s: {out['final']} (loss {last['loss']:.4f}, margin "
+          f"{last['reward_margin']:.3f}, preference acc {last['preference_acc']:.2f})", flush=True)
+    if cfg.eval_n:
+        from pretraining.evaluate import evaluate, format_result
+
+        print(f"held-out accuracy (DPO): {format_result(evaluate(out['final'], cfg.eval_n, 0))}", flush=True)
+    return 0

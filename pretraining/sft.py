@@ -1,0 +1,128 @@
+"""``flywheel sft``: supervised fine-tuning on chat data, loss on assistant tokens only.
+
+Conversations (train split) are rendered with the checkpoint's chat template; the template's
+``{% generation %}`` markers give the assistant-token mask, so user turns and role headers carry no
+loss. Sequences are packed with best-fit-decreasing (none is split; positions restart per sequence so
+attention stays inside it) and the packed rows are reshuffled every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pretraining.config import SFTConfig
+
+log = logging.getLogger(__name__)
+
+
+def sft_rows(cfg: SFTConfig, tokenizer) -> list:
+    """Packed (best-fit-decreasing) or padded rows of the SFT conversations."""
+    from pretraining.chat import encode_conversation
+    from pretraining.data import sft_conversations
+    from pretraining.packing import pack_best_fit, pad_rows
+
+    convs = sft_conversations(cfg.n_examples, cfg.seed, cfg.difficulties)
+    if not convs:
+        raise ValueError("SFT dataset is empty (n_examples=0?)")
+    seqs = [encode_conversation(tokenizer, c) for c in convs]
+    return (pack_best_fit if cfg.packing else pad_rows)(seqs, cfg.seq_len, tokenizer.pad_token_id)
+
+
+def epoch_batches(rows: list, rows_per_step: int, epochs: int, seed: int, dist, micro: int, packed: bool,
+                  device: str = "cpu") -> tuple[int, Callable[[int], list[dict]]]:
+    """``(total_steps, batches_at)`` for a row list visited ``epochs`` times, reshuffled per epoch."""
+    from pretraining.packing import collate
+
+    per_epoch = max(len(rows) // rows_per_step, 1)
+    if len(rows) < rows_per_step:
+        log.warning("only %d rows for a step of %d: every step reuses all rows", len(rows), rows_per_step)
+    orders: dict[int, list[int]] = {}
+
+    def order(epoch: int) -> list[int]:
+        if epoch not in orders:
+            idx = list(range(len(rows)))
+            random.Random(seed * 7919 + epoch).shuffle(idx)
+            orders[epoch] = idx
+        return orders[epoch]
+
+    def batches_at(step: int) -> list[dict]:
+        epoch, j = divmod(step, per_epoch)
+        idx = order(epoch)[j * rows_per_step:(j + 1) * rows_per_step]
+        chunk = [rows[i] for i in idx]
+        mine = dist.shard(chunk) if dist else chunk
+        return [{k: v.to(device) for k, v in collate(mine[a:a + micro], packed).items()}
+                for a in range(0, len(mine), micro)]
+
+    return per_epoch * epochs, batches_at
+
+
+def run_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.init_from``; returns ``{"final", "history", "seconds", "rows", "real_token_share"}``."""
+    import torch
+
+    from pretraining.checkpoint import load_checkpoint
+    from pretraining.distributed import close_distributed, init_distributed, shard_model
+    from pretraining.metrics import MetricsLogger, plot_loss_curves
+    from pretraining.packing import real_token_share
+    from pretraining.pretrain import latest_resumable
+    from pretraining.trainer import Trainer, export_model, lm_count, lm_loss
+
+    t0 = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model, tok = load_checkpoint(cfg.init_from)
+    if cfg.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"seq_len={cfg.seq_len} exceeds the model context {model.config.max_position_embeddings}")
+    rows = sft_rows(cfg, tok)
+    dist = init_distributed(cfg.distributed)
+    rank0 = dist is None or dist.rank == 0
+    if dist is not None:
+        shard_model(model, dist)
+    world = dist.world_size if dist else 1
+    total, batches_at = epoch_batches(rows, cfg.batch_size * cfg.optim.grad_accum * world, cfg.epochs, cfg.seed,
+                                      dist, cfg.batch_size, cfg.packing, dist.device if dist else "cpu")
+    run_dir = Path(cfg.out_dir)
+    share = real_token_share(rows)
+    if rank0:
+        log.info("SFT: %d conversations -> %d rows of %d (%.1f%% real tokens), %d epochs = %d steps",
+                 cfg.n_examples, len(rows), cfg.seq_len, 100 * share, cfg.epochs, total)
+    metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
+                            append=cfg.resume) if rank0 else None
+    trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
+                      objective=lambda m, b: lm_loss(m, b, cfg.optim.z_loss), count=lm_count, dist=dist,
+                      log_every=cfg.metrics.log_every, name="sft")
+    if cfg.resume:
+        ck = latest_resumable(run_dir)
+        if ck is None:
+            raise FileNotFoundError(f"resume: no resumable checkpoint under {run_dir}")
+        trainer.load_resumable(ck)
+
+    def maybe_save(step: int) -> None:
+        if cfg.save_every and step % cfg.save_every == 0 and step < total:
+            trainer.save_resumable(run_dir / "checkpoint-latest", tok, data_position=step, meta={"step": step})
+
+    trainer.run(total, batches_at, stage="sft", on_step=maybe_save)
+    final = export_model(model, tok, run_dir / "final", dist, meta={"step": total, "job": "sft",
+                                                                     "init_from": cfg.init_from})
+    if metrics is not None:
+        metrics.close()
+        plot_loss_curves(metrics.path, run_dir / "loss.png", title="SFT loss (assistant tokens)")
+    close_distributed(dist)
+    return {"final": str(final), "history": trainer.history, "seconds": time.perf_counter() - t0,
+            "rows": len(rows), "real_token_share": share}
+
+
+def main(cfg: SFTConfig) -> int:
+    out = run_sft(cfg)
+    print(f"SFT done in {out['seconds']:.0f}s: {out['final']} (final loss {out['history'][-1]['loss']:.4f})",
+          flush=True)
+    if cfg.eval_n:
+        from pretraining.evaluate import evaluate, format_result
+
+        print(f"held-out accuracy (SFT): {format_result(evaluate(out['final'], cfg.eval_n, 0))}", flush=True)
+    return 0
+

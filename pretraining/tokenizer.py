@@ -1,0 +1,63 @@
+"""Byte-level BPE tokenizer trained on the corpus, with digits split into single tokens.
+
+Special tokens: ``<|endoftext|>`` (document separator and pad), ``<|im_start|>`` / ``<|im_end|>`` (chat
+turns; ``<|im_end|>`` is the end-of-sequence for generation) and ``<|pad|>``. The chat template from
+:mod:`pretraining.chat` is stored in ``tokenizer_config.json``, so transformers and vLLM apply it alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from pretraining.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, PAD, SPECIAL_TOKENS
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2):
+    """Train a byte-level BPE (digits split) on ``texts``; returns a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs at least {256 + len(SPECIAL_TOKENS)}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),  # "123" -> "1" "2" "3"
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = list(texts)
+    if not texts:
+        raise ValueError("train_tokenizer: no texts to train on")
+    tok.train_from_iterator(texts, trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok):
+    """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer`` with our special tokens and template."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT, unk_token=None,
+                                 additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (IM_END, ENDOFTEXT)])
+    hf.chat_template = CHAT_TEMPLATE
+    hf.model_max_length = 1 << 20
+    return hf
+
+
+def save_tokenizer(tokenizer, path: str | Path) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(path), save_jinja_files=False)  # chat template inside tokenizer_config.json
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer folder written by :func:`save_tokenizer` (or any HF tokenizer folder)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(path) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {path}: train one with pretraining.tokenizer.train_tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.chat_template is None:
+        raise ValueError(f"tokenizer in {path} has no chat_template in tokenizer_config.json")
+    return tok

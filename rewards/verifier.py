@@ -1,0 +1,151 @@
+"""``verify`` / ``verify_batch``: extraction, the in-process fast path, then the worker pool.
+
+In the calling process (no sympy, no subprocess): length caps, answer extraction, normalised string
+equality, exact rational arithmetic when both sides are plain numbers, multiple-choice letters.
+Everything else goes to the worker pool (``rewards.worker_pool``) under a hard time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+from rewards.config import VerifyConfig
+from rewards.extract import find_answer
+from rewards.normalize import decimal_places, normalize, parse_rational
+from rewards.worker_pool import shared_pool
+
+VERIFIER_VERSION = "flywheel-verifier-1"
+"""Bumped whenever a verdict could change; part of the service's cache key."""
+
+STATUSES = ("correct", "wrong", "no_answer", "unparsable_gold", "timeout", "error")
+_CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    status: str
+    """``correct`` | ``wrong`` | ``no_answer`` | ``unparsable_gold`` | ``timeout`` | ``error``."""
+    extracted: str | None
+    """The answer found in the completion."""
+    reason: str
+    source: str = "none"
+    """Where the answer was found: ``boxed`` | ``final_answer`` | ``gsm8k`` | ``answer_line`` | ``last_number`` | ``none``."""
+    latency_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fast_path(gold: str, pred: str, cfg: VerifyConfig) -> tuple[bool, str] | None:
+    """A verdict without sympy when both sides are plain numbers (or letters); None = not decided."""
+    g_norm, p_norm = normalize(gold), normalize(pred)
+    if g_norm == p_norm:
+        return True, "same normalised string"
+    if (gm := _CHOICE.match(g_norm)) and len(g_norm) <= 3:
+        pm = _CHOICE.match(p_norm)
+        if pm is not None:
+            return gm.group(1) == pm.group(1), "choice letters"
+    g = parse_rational(gold, cfg.max_exponent)
+    if g is None:
+        return None
+    p = parse_rational(pred, cfg.max_exponent)
+    if p is None:
+        return None
+    (gv, g_pct), (pv, p_pct) = g, p
+    candidates = {pv}
+    if p_pct:
+        candidates.add(pv / 100)
+    if g_pct:
+        candidates.add(pv * 100)
+    if gv in candidates:
+        return True, "equal rationals"
+    places = decimal_places(pred)
+    if places is not None and places >= 2 and decimal_places(gold) is None and not _terminating(gv):
+        if abs(gv - pv) <= Fraction(1, 2) / 10 ** places:
+            return True, "rounded decimal of the gold rational"
+    return False, "different rationals"
+
+
+def _terminating(x: Fraction) -> bool:
+    q = x.denominator
+    for f in (2, 5):
+        while q % f == 0:
+            q //= f
+    return q == 1
+
+
+def _item(item: object) -> tuple[str, str]:
+    if isinstance(item, Mapping):
+        return item["completion"], item["gold"]
+    completion, gold = item  # (completion, gold)
+    return completion, gold
+
+
+def verify_batch(items: Iterable[object], config: VerifyConfig | None = None) -> list[Verdict]:
+    """Verify ``(completion, gold)`` pairs (tuples or dicts); parallel across worker processes, in order."""
+    cfg = config or VerifyConfig()
+    t0 = time.perf_counter()
+    verdicts: list[Verdict | None] = []
+    slow: list[tuple[int, str | None, str, dict]] = []
+    for completion, gold in map(_item, items):
+        i = len(verdicts)
+        if not isinstance(completion, str) or not isinstance(gold, str):
+            verdicts.append(Verdict(False, "error", None, "completion and gold must be strings"))
+            continue
+        if len(completion) > cfg.max_completion_chars:
+            verdicts.append(Verdict(False, "error", None,
+                                    f"completion of {len(completion)} chars exceeds max_completion_chars="
+                                    f"{cfg.max_completion_chars}"))
+            continue
+        if not gold.strip() or len(gold) > cfg.max_answer_chars:
+            verdicts.append(Verdict(False, "unparsable_gold", None,
+                                    "gold answer is empty" if not gold.strip() else
+                                    f"gold answer longer than max_answer_chars={cfg.max_answer_chars}"))
+            continue
+        found = find_answer(completion, cfg.last_number_fallback)
+        if found.answer is None:
+            verdicts.append(Verdict(False, "no_answer", None, "no final answer found", found.source))
+            continue
+        if len(found.answer) > cfg.max_answer_chars:
+            verdicts.append(Verdict(False, "wrong", found.answer[:200], "answer longer than max_answer_chars",
+                                    found.source))
+            continue
+        fast = _fast_path(gold, found.answer, cfg)
+        if fast is not None:
+            equal, reason = fast
+            verdicts.append(Verdict(equal, "correct" if equal else "wrong", found.answer, reason, found.source,
+                                    (time.perf_counter() - t0) * 1e3))
+            continue
+        verdicts.append(None)
+        slow.append((i, found.answer, gold, {"source": found.source}))
+    if slow:
+        key = _config_key(cfg)
+        tasks = [{"gold": gold, "pred": pred, "config": cfg.model_dump(), "config_key": key}
+                 for _, pred, gold, _ in slow]
+        pool = shared_pool(cfg.num_workers)
+        results = pool.run(tasks, cfg.timeout_s)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        for (i, pred, _, meta), r in zip(slow, results):
+            verdicts[i] = Verdict(bool(r["equal"]), r["status"], pred, r["reason"], meta["source"], elapsed)
+    return verdicts  # type: ignore[return-value]
+
+
+def verify(completion: str, gold: str, config: VerifyConfig | None = None) -> Verdict:
+    """Is the final answer in ``completion`` equivalent to ``gold``?"""
+    return verify_batch([(completion, gold)], config)[0]
+
+
+_KEYS: dict[int, str] = {}
+
+
+def _config_key(cfg: VerifyConfig) -> str:
+    h = hash(cfg)
+    if h not in _KEYS:
+        _KEYS[h] = json.dumps(cfg.model_dump(), sort_keys=True)
+    return _KEYS[h]

@@ -1,0 +1,439 @@
+"""The multi-stage asynchronous GRPO job: the ``ray job submit`` entrypoint.
+
+    ray job submit --working-dir . -- python -m services.grpo_job --config configs/grpo_tiny.yaml
+    flywheel grpo --config configs/grpo_tiny.yaml --stages.0.steps 5
+
+What it does, in order:
+
+1. joins the Ray cluster (or starts a local one), reserves a placement group (learner bundles and
+   rollout bundles, custom resources from ``resources``);
+2. starts the FSDP2 learner (``learner.actor.Learner``) from ``model`` (or resumes the latest checkpoint
+   in ``output_dir``: weights, optimizer, schedule, stage, data position, unconsumed experience);
+3. starts the experience stream (Ray queue or Redis Streams), the scoring sink with its verifier actors
+   (``services.grpo_scoring``), and the rollout workers (vLLM, ``max_model_len`` follows the stage);
+4. runs every declared stage: rollout workers generate continuously from a prompt source the driver
+   tops up under the staleness bound (``services.grpo_schedule.prompts_to_issue``); the driver pulls
+   scored groups, applies dynamic sampling, trains, and publishes the new weights as version v+1 to
+   every worker without stopping generation (``load_weights`` pauses in-flight requests, keeps their
+   KV cache, resumes). ``loss.max_staleness: 0`` waits for each update instead: synchronous on-policy
+   training through the same code;
+5. at each stage end: held-out accuracy (avg@k, pass@k, greedy), an HF export that vLLM and
+   ``flywheel eval`` load unchanged, a checkpoint; at the end, PNG plots and ``summary.json``.
+
+Per-step lines go to the log, every metric to ``<output_dir>/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from services.grpo_data import PromptCursor, heldout_problems, load_tokenizer, stage_problems, to_prompts
+from services.grpo_report import StepReport, evaluation_metrics, write_plots
+from services.grpo_schedule import IdleClock, JobProgress, prompts_to_issue, stage_stop_reason
+from services.job_config import GRPOJobConfig, stage_loss, stage_name, stage_reward
+
+log = logging.getLogger("flywheel.grpo")
+
+
+class GRPOJob:
+    """One run of the job; ``run()`` returns the process exit code."""
+
+    def __init__(self, cfg: GRPOJobConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir).resolve()
+        self.progress = JobProgress()
+        self.buffer: list[dict[str, Any]] = []
+        """Scored groups pulled from the experience stream but not trained on yet."""
+        self.pending: list[dict[str, Any]] = []
+        """Prompts issued but not returned at the last checkpoint (re-issued on resume)."""
+        self.workers: list[Any] = []
+        self.learner_pg = self.rollout_pg = None
+        self.learner = self.experience = self.sink = None
+        self.worker_max_len = 0
+        self.publish_refs: list[Any] = []
+        self.evals: list[dict[str, Any]] = []
+        self.steps_this_run = 0
+
+    # ---- set-up -------------------------------------------------------------------------------------
+    def _connect_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        address = self.cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=True, ignore_reinit_error=True)
+        log.info("ray: %s", ray.cluster_resources())
+
+    def _placement_groups(self):
+        """Two placement groups (each all-or-nothing): one bundle per learner rank, one per rollout worker."""
+        import ray
+        from ray.util.placement_group import placement_group
+
+        r, c = self.cfg.resources, self.cfg
+        if not r.placement_group:
+            return None, None
+        gpu = 1.0 if c.learner.device == "cuda" else 0.0
+        learner = {"CPU": c.learner.num_cpus_per_rank, "GPU": gpu, **r.learner_custom}
+        rollout = {"CPU": c.rollout.num_cpus_per_worker, "GPU": c.rollout.num_gpus_per_worker,
+                   **c.rollout.resources_per_worker}
+        groups = []
+        for role, bundle, n in (("learner", learner, c.learner.world_size), ("rollout", rollout, c.rollout.num_workers)):
+            bundles = [{k: v for k, v in bundle.items() if v} for _ in range(n)]
+            pg = placement_group(bundles, strategy=r.placement_strategy, name=f"grpo-{role}-{uuid.uuid4().hex[:8]}")
+            ready, _ = ray.wait([pg.ready()], timeout=300)
+            if not ready:
+                raise RuntimeError(f"{role} placement group {bundles} does not fit the cluster "
+                                   f"({ray.available_resources()}): lower the {role} resources or add nodes")
+            groups.append(pg)
+        return groups[0], groups[1]
+
+    def _resume_dir(self) -> Path | None:
+        latest = self.out / "checkpoints" / "latest.json"
+        if not (self.cfg.checkpoint.resume and latest.is_file()):
+            return None
+        path = self.out / "checkpoints" / json.loads(latest.read_text())["dir"]
+        return path if path.is_dir() else None
+
+    def _start_learner(self, resume: Path | None):
+        from learner.actor import Learner
+
+        c = self.cfg
+        learner = Learner(c.learner, c.model, loss=stage_loss(c, self.progress.stage),
+                          placement_group=self.learner_pg, bundle_offset=0)
+        if resume is not None:
+            extra = learner.load_checkpoint(str(resume)) or {}
+            self.progress = JobProgress.from_dict(extra["progress"])
+            self.buffer = list(extra.get("buffer", []))
+            self.pending = list(extra.get("pending", []))
+            self.evals = list(extra.get("evals", []))
+            log.info("resumed %s: stage %d step %d version %d (%d buffered groups, %d prompts to re-issue)",
+                     resume.name, self.progress.stage, self.progress.step_in_stage, self.progress.version,
+                     len(self.buffer), len(self.pending))
+        return learner
+
+    def _start_workers(self, max_model_len: int) -> None:
+        """(Re)start the rollout workers when the stage needs a longer ``max_model_len``; load current weights."""
+        import ray
+
+        from rollout.worker import create_workers
+
+        if self.workers and self.worker_max_len >= max_model_len:
+            return
+        self._stop_workers()
+        rc = self.cfg.rollout.model_copy(update={"model": self.cfg.model, "max_model_len": max_model_len})
+        t0 = time.perf_counter()
+        self.workers = create_workers(rc, placement_group=self.rollout_pg)
+        self.worker_max_len = max_model_len
+        if self.progress.version > 0:  # carry the trained weights into the fresh engines
+            self._publish(self.progress.version, wait=True)
+        ray.get([w.get_version.remote() for w in self.workers])
+        log.info("%d rollout worker(s) up (max_model_len %d) in %.1fs", len(self.workers), max_model_len,
+                 time.perf_counter() - t0)
+
+    def _stop_workers(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+    def _publish(self, version: int, wait: bool) -> float:
+        """Push the learner's full weights to every worker as ``version``; returns seconds to hand them over."""
+        import ray
+
+        t0 = time.perf_counter()
+        if self.publish_refs:  # never pile updates up: the previous one must have landed
+            ray.get(self.publish_refs)
+        weights = self.learner.publish_weights()  # stays in the object store; workers fetch it
+        self.publish_refs = [w.load_weights.remote(version, weights) for w in self.workers]
+        if wait:
+            ray.get(self.publish_refs)
+            self.publish_refs = []
+        return time.perf_counter() - t0
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        import ray
+
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(c.model_dump_json(indent=2))
+        self._connect_ray()
+        self.report = StepReport(self.out, c)
+        try:
+            self._setup()
+            while not self.progress.finished:
+                self._stage(self.progress.stage)
+                if self._run_budget_spent():
+                    log.info("stopped after %d steps this run (stop_after_steps); checkpointed at global step %d,"
+                             " rerun the same command to resume", self.steps_this_run, self.progress.global_step)
+                    return 0
+            self._finish()
+        finally:
+            self.report.close()
+            self._shutdown()
+        return 0
+
+    def _setup(self) -> None:
+        import ray
+
+        from services.grpo_scoring import ScoringSink
+
+        c = self.cfg
+        self.learner_pg, self.rollout_pg = self._placement_groups()
+        self.learner = self._start_learner(self._resume_dir())
+        self.tokenizer = load_tokenizer(c.model)
+        self.experience = self._start_experience()
+        self.sink = ray.remote(num_cpus=0)(ScoringSink).remote(
+            self.experience.sink, stage_reward(c, self.progress.stage).model_dump(),
+            c.resources.verifier_actors, c.resources.verifier_cpus, self.progress.stage)
+        self.heldout = (to_prompts(heldout_problems(c), self.tokenizer, -1, c.max_prompt_tokens, "heldout")
+                        if c.eval.enabled else [])
+
+    def _finish(self) -> None:
+        """Plots (over every step of the job, resumed runs included) and ``summary.json``."""
+        c = self.cfg
+        if c.plots:
+            rows = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            write_plots(self.out, rows, self.evals, [stage_name(c, i) for i in range(len(c.stages))])
+        summary = {"stages": self.progress.stop_reasons, "evals": self.evals,
+                   "global_step": self.progress.global_step, "version": self.progress.version}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("done: %s", json.dumps(summary["evals"][-1] if self.evals else summary))
+
+    def _shutdown(self) -> None:
+        """Release every actor and placement group of this run (a ``ray job`` driver exiting does this
+        anyway; an in-process run, like the benchmark's two, must not leak them)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        self._stop_workers()
+        for name in ("learner", "experience"):
+            obj = getattr(self, name)
+            if obj is not None:
+                try:
+                    obj.shutdown() if name == "learner" else obj.close()
+                except Exception as e:  # the run's result is already on disk; report, do not mask it
+                    log.warning("shutting down the %s failed: %s", name, e)
+        if self.sink is not None:
+            ray.kill(self.sink)  # its verifier actors are owned by it and go with it
+        for pg in (self.learner_pg, self.rollout_pg):
+            if pg is not None:
+                remove_placement_group(pg)
+
+    def _run_budget_spent(self) -> bool:
+        """``stop_after_steps`` reached with work left (the job stops, checkpointed, to be resumed)."""
+        n = self.cfg.stop_after_steps
+        return n is not None and self.steps_this_run >= n and not self.progress.finished
+
+    def _start_experience(self):
+        from learner.experience import make_stream
+
+        return make_stream(self.cfg.experience, with_sink=True)
+
+    def _stage(self, s: int) -> None:
+        """Run (or finish) stage ``s``: train until its stop rule, then evaluate, export, checkpoint."""
+        import ray
+
+        c, p = self.cfg, self.progress
+        stage = c.stages[s]
+        name = stage_name(c, s)
+        self._start_workers(c.max_prompt_tokens + stage.max_response_tokens)
+        if s == 0 and p.global_step == 0 and c.eval.enabled and c.eval.at_start and not self.evals:
+            self._evaluate("start", s)
+        ray.get(self.sink.set_stage.remote(s, stage_reward(c, s).model_dump()))
+        self.learner.set_loss_config(stage_loss(c, s))
+        if stage.lr is not None:
+            self.learner.set_lr(stage.lr)
+        if not p.stage_done:
+            self._train_stage(s)
+            if not p.stage_done:  # stopped mid-stage by stop_after_steps (already checkpointed)
+                return
+        if c.eval.enabled:
+            self._evaluate(name, s)
+        export = self.out / f"{name}_hf"
+        self.learner.export_hf(str(export))
+        log.info("%s: exported %s (version %d)", name, export, p.version)
+        if not p.finished:
+            p.next_stage()
+        self._checkpoint()  # a resume from here starts the next stage (or finds the job finished)
+
+    def _train_stage(self, s: int) -> None:
+        import ray
+        from tqdm import tqdm
+
+        from learner.batching import is_zero_variance
+        from rollout.config import SamplingConfig
+        from rollout.prompts import create_prompt_source
+
+        c, p = self.cfg, self.progress
+        stage = c.stages[s]
+        loss = stage_loss(c, s)
+        ahead = loss.max_staleness if loss.max_staleness is not None else c.issue_ahead_steps
+        sync = ahead == 0
+        prompts = to_prompts(stage_problems(stage, c.seed + s), self.tokenizer, s, c.max_prompt_tokens,
+                             f"s{s}")
+        cursor = PromptCursor(prompts, p.data_position)
+        source = create_prompt_source()
+        in_flight: dict[str, dict[str, Any]] = {q["prompt_id"]: q for q in self.pending}
+        if self.pending:
+            ray.get(source.add.remote(self.pending))
+        self.pending = []
+        sampling = SamplingConfig(n=stage.group_size, temperature=stage.temperature, top_p=stage.top_p,
+                                  max_tokens=stage.max_response_tokens, seed=None)
+        for w in self.workers:
+            w.start_continuous.remote(source, self.sink, sampling.model_dump(), c.rollout.max_in_flight)
+        bar = tqdm(total=stage.steps, initial=p.step_in_stage, desc=stage_name(c, s), disable=not c.progress_bar,
+                   dynamic_ncols=True, file=sys.stderr)
+        batch: list[dict[str, Any]] = []
+        drawn = dropped = 0
+        rollout_tokens = 0
+        t_step = time.perf_counter()
+        wait_s = 0.0
+        idle = IdleClock(t_step)
+        try:
+            while True:
+                n_new = prompts_to_issue(stage.prompts_per_step, ahead, len(batch), len(self.buffer),
+                                         len(in_flight))
+                if n_new:
+                    new = cursor.take(n_new)
+                    in_flight.update((q["prompt_id"], q) for q in new)
+                    source.add.remote(new)
+                idle.mark(bool(in_flight), time.perf_counter())
+                t0 = time.perf_counter()
+                got = self.experience.get(stage.prompts_per_step, timeout=1.0)
+                wait_s += time.perf_counter() - t0
+                for g in got:
+                    if in_flight.pop(g["group_id"], None) is None:
+                        continue  # not ours (another stage, or a duplicate after resume)
+                    rollout_tokens += sum(len(x["completion_token_ids"]) for x in g["samples"])
+                    self.buffer.append(g)
+                idle.mark(bool(in_flight), time.perf_counter())
+                while self.buffer and len(batch) < stage.prompts_per_step:
+                    g = self.buffer.pop(0)
+                    drawn += 1
+                    if c.dynamic_sampling and is_zero_variance(g) and \
+                            drawn <= c.max_draws_per_step * stage.prompts_per_step:
+                        dropped += 1
+                        continue
+                    batch.append(g)
+                if len(batch) < stage.prompts_per_step:
+                    continue
+                metrics = self.learner.train_step(batch)
+                version = int(metrics.get("version", p.version + 1))
+                sync_s = self._publish(version, wait=sync)
+                now = time.perf_counter()
+                elapsed = now - t_step
+                idle_share = idle.take(now) / max(elapsed, 1e-9)
+                row = self.report.step(
+                    s, p, batch, metrics, version=version, dropped=dropped, elapsed=elapsed, sync_s=sync_s,
+                    rollout_tokens=rollout_tokens, learner_wait_s=wait_s, in_flight=len(in_flight),
+                    rollout_idle_share=idle_share,
+                    worker_stats=ray.get([w.stats.remote() for w in self.workers]) if c.worker_stats else None)
+                p.record_step(row["reward_mean"], version)
+                p.data_position = cursor.position
+                bar.update(1)
+                batch, drawn, dropped, rollout_tokens, wait_s = [], 0, 0, 0, 0.0
+                t_step = now
+                self.steps_this_run += 1
+                reason = stage_stop_reason(p.step_in_stage, stage.steps, p.stage_rewards,
+                                           stage.plateau.model_dump() if stage.plateau else None)
+                if reason:
+                    p.finish_stage(reason, len(c.stages))
+                    log.info("%s: stopped after %d steps (%s)", stage_name(c, s), p.step_in_stage, reason)
+                    break
+                stop_run = self._run_budget_spent()
+                if stop_run or (c.checkpoint.every_steps and p.global_step % c.checkpoint.every_steps == 0):
+                    self.pending = list(in_flight.values())  # re-issued on resume: nothing lost or repeated
+                    self._checkpoint()
+                    self.pending = []
+                if stop_run:
+                    break
+        finally:
+            bar.close()
+            ray.get([w.stop_continuous.remote() for w in self.workers])
+            ray.kill(source)
+        if self.publish_refs:
+            ray.get(self.publish_refs)
+            self.publish_refs = []
+        self.buffer = []  # left-over groups belong to this stage's data; the next stage starts fresh
+
+    # ---- evaluation and checkpoints -----------------------------------------------------------------
+    def _evaluate(self, label: str, s: int) -> dict[str, Any]:
+        """Held-out accuracy of the current weights with the rollout workers: avg@k, pass@k, greedy."""
+        import ray
+
+        from rollout.config import SamplingConfig
+
+        ev, stage = self.cfg.eval, self.cfg.stages[s]
+        max_tokens = ev.max_response_tokens or stage.max_response_tokens
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {"label": label, "stage": s, "version": self.progress.version,
+                                  "global_step": self.progress.global_step}
+        modes = [("avg", SamplingConfig(n=ev.k, temperature=ev.temperature, max_tokens=max_tokens, seed=ev.seed))]
+        if ev.greedy:
+            modes.append(("greedy", SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)))
+        for mode, sampling in modes:
+            shards = [self.heldout[i::len(self.workers)] for i in range(len(self.workers))]
+            groups = sum(ray.get([w.generate.remote(sh, sampling.model_dump())
+                                  for w, sh in zip(self.workers, shards) if sh]), [])
+            scored = ray.get(self.sink.score.remote(groups))
+            result.update(evaluation_metrics(scored, mode, ev.k))
+        result["eval_s"] = time.perf_counter() - t0
+        self.evals.append(result)
+        self.report.log_eval(result)
+        return result
+
+    def _checkpoint(self) -> None:
+        """Learner state + job progress + unconsumed experience; ``latest.json`` points at it."""
+        more = self.experience.get(10**6, timeout=0.0) if self.experience.size() else []
+        self.buffer.extend(more)
+        tag = f"step_{self.progress.global_step:07d}"
+        path = self.out / "checkpoints" / tag
+        extra = {"progress": self.progress.to_dict(), "buffer": self.buffer, "pending": self.pending,
+                 "evals": self.evals}
+        self.learner.save_checkpoint(str(path), extra)
+        self.experience.ack()  # Redis: what was delivered is now in the weights or in ``extra``
+        latest = self.out / "checkpoints" / "latest.json"
+        latest.write_text(json.dumps({"dir": tag, "global_step": self.progress.global_step}))
+        kept = sorted(d for d in (self.out / "checkpoints").iterdir() if d.is_dir())
+        for old in kept[: -self.cfg.checkpoint.keep_last]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s", path)
+
+
+def main(cfg: GRPOJobConfig) -> int:
+    """Runner of ``flywheel grpo`` (the CLI validated ``cfg``)."""
+    return GRPOJob(cfg).run()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m services.grpo_job --config FILE [--dotted.field VALUE ...]``."""
+    from services.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m services.grpo_job", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML or TOML config (default: configs/grpo_tiny.yaml)")
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "grpo_tiny.yaml")
+    try:
+        cfg = load_config(GRPOJobConfig, path, rest)
+    except ConfigError as e:
+        print(f"grpo_job: {e}", file=sys.stderr)
+        return 2
+    return main(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,197 @@
+"""The reward verifier microservice end to end: real uvicorn, real gRPC, real Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import httpx
+import pytest
+from conftest import TOKEN, start_server, stop_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import reward_pb2, reward_pb2_grpc
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GRPC_AUTH = (("authorization", f"Bearer {TOKEN}"),)
+SLOW = "\\boxed{(x+1)^{300}(x-1)^{300} - (x^2-1)^{300} + (x+2)^{299}}"
+ITEMS = [
+    {"id": "a", "completion": "so \\boxed{\\frac{1}{2}}", "gold": "0.5", "response_tokens": 10},
+    {"id": "b", "completion": "The final answer is $\\sqrt{8}$", "gold": "2\\sqrt{2}"},
+    {"id": "c", "completion": "#### 1,000", "gold": "1001"},
+    {"id": "d", "completion": "no idea", "gold": "3"},
+    {"id": "e", "completion": "\\boxed{(3, \\infty)}", "gold": "x>3"},
+    {"id": "f", "completion": "\\boxed{x+z=1}", "gold": "1"},
+]
+EXPECTED = {"a": "correct", "b": "correct", "c": "wrong", "d": "no_answer", "e": "correct", "f": "wrong"}
+
+
+def http_verify(server, items, options=None, headers=AUTH):
+    body = {"items": items, **({"options": options} if options else {})}
+    return httpx.post(f"{server['http']}/v1/verify", json=body, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stub(reward_server):
+    channel = grpc.insecure_channel(reward_server["grpc"])
+    yield reward_pb2_grpc.RewardServiceStub(channel), channel
+    channel.close()
+
+
+def grpc_items(items):
+    return [reward_pb2.VerifyItem(**it) for it in items]
+
+
+def test_http_verify_batch(reward_server):
+    r = http_verify(reward_server, ITEMS)
+    assert r.status_code == 200, r.text
+    verdicts = r.json()["verdicts"]
+    assert [v["id"] for v in verdicts] == list(EXPECTED)
+    assert {v["id"]: v["status"] for v in verdicts} == EXPECTED
+    assert verdicts[0]["reward"] == 1.0 and verdicts[0]["parts"]["correctness"] == 1.0
+    assert verdicts[0]["extracted"] == "\\frac{1}{2}"
+
+
+def test_grpc_and_http_give_the_same_verdicts(reward_server, stub):
+    s, _ = stub
+    options = {"max_response_tokens": 8, "overlong_buffer_tokens": 4, "format_reward": True}
+    http = http_verify(reward_server, ITEMS, options).json()["verdicts"]
+    resp = s.Verify(reward_pb2.VerifyRequest(items=grpc_items(ITEMS), options=reward_pb2.VerifyOptions(**options)),
+                    metadata=GRPC_AUTH)
+    assert resp.verifier_version
+    for h, g in zip(http, resp.verdicts):
+        assert (h["id"], h["status"], h["correct"], h["reason"]) == (g.id, g.status, g.correct, g.reason)
+        assert h["extracted"] == (g.extracted if g.HasField("extracted") else None)
+        assert h["reward"] == pytest.approx(g.reward)
+        assert h["parts"]["overlong"] == pytest.approx(g.parts.overlong)
+    assert http[0]["parts"]["overlong"] == -1.0  # 10 tokens > L_max = 8
+
+
+def test_grpc_stream(stub):
+    s, _ = stub
+    items = [{"id": f"s{i}", "completion": f"\\boxed{{{i}}}", "gold": str(i if i % 3 else -1)} for i in range(12)]
+    verdicts = list(s.VerifyStream(iter(grpc_items(items)), metadata=GRPC_AUTH))
+    assert sorted(v.id for v in verdicts) == sorted(it["id"] for it in items)
+    assert {v.id: v.correct for v in verdicts} == {f"s{i}": bool(i % 3) for i in range(12)}
+
+
+def test_grpc_health(stub):
+    _, channel = stub
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "flywheel.reward.v1.RewardService"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def test_auth_required(reward_server, stub):
+    assert http_verify(reward_server, ITEMS[:1], headers={}).status_code == 401
+    assert http_verify(reward_server, ITEMS[:1], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    s, _ = stub
+    with pytest.raises(grpc.RpcError) as e:
+        s.Verify(reward_pb2.VerifyRequest(items=grpc_items(ITEMS[:1])))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"items": [{"completion": "x"}]}, 422, "gold"),
+    ({"items": [{"completion": "\\boxed{1}", "gold": "1"}] * 17}, 422, "max_batch_items"),
+    ({"items": [{"completion": "y" * 5001, "gold": "1"}]}, 422, "max_item_chars"),
+    ({"items": [{"completion": "\\boxed{1}", "gold": "1"}], "options": {"timeout_s": 1000}}, 422, "timeout_s"),
+    ({"items": [{"completion": "z" * 4000, "gold": "1"}] * 12}, 413, "max_request_bytes"),
+    ({"items": "nope"}, 422, "items"),
+])
+def test_http_bad_requests_get_4xx_and_the_server_keeps_serving(reward_server, body, status, needle):
+    r = httpx.post(f"{reward_server['http']}/v1/verify", json=body, headers=AUTH, timeout=30)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+    assert http_verify(reward_server, ITEMS[:1]).json()["verdicts"][0]["status"] == "correct"
+
+
+def test_http_invalid_json(reward_server):
+    r = httpx.post(f"{reward_server['http']}/v1/verify", content=b"{not json", headers={**AUTH,
+                   "content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_grpc_bad_requests(stub):
+    s, _ = stub
+    cases = [
+        (reward_pb2.VerifyRequest(items=grpc_items(ITEMS[:1]), options=reward_pb2.VerifyOptions(timeout_s=-1)),
+         grpc.StatusCode.INVALID_ARGUMENT, "timeout_s"),
+        (reward_pb2.VerifyRequest(items=grpc_items(ITEMS[:1] * 17)), grpc.StatusCode.RESOURCE_EXHAUSTED,
+         "max_batch_items"),
+        (reward_pb2.VerifyRequest(items=grpc_items([{"completion": "q" * 5001, "gold": "1"}])),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "max_item_chars"),
+        (reward_pb2.VerifyRequest(items=grpc_items([{"completion": "q" * 4000, "gold": "1"}] * 12)),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ]
+    for request, code, needle in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            s.Verify(request, metadata=GRPC_AUTH)
+        assert e.value.code() == code and needle in (e.value.details() or "")
+    assert s.Verify(reward_pb2.VerifyRequest(items=grpc_items(ITEMS[:1])), metadata=GRPC_AUTH).verdicts[0].correct
+
+
+def test_one_pathological_item_does_not_hold_back_the_batch(reward_server, stub):
+    items = [{"id": "slow", "completion": SLOW, "gold": "(x+2)^{299}+1"}, *ITEMS[:3]]
+    r = http_verify(reward_server, items, {"timeout_s": 0.5})
+    verdicts = r.json()["verdicts"]
+    assert verdicts[0]["status"] == "timeout" and "time limit" in verdicts[0]["reason"]
+    assert [v["status"] for v in verdicts[1:]] == ["correct", "correct", "wrong"]
+    s, _ = stub
+    resp = s.Verify(reward_pb2.VerifyRequest(items=grpc_items(items), options=reward_pb2.VerifyOptions(timeout_s=0.5)),
+                    metadata=GRPC_AUTH)
+    assert [v.status for v in resp.verdicts] == ["timeout", "correct", "correct", "wrong"]
+
+
+def test_cache_hits_and_metrics(reward_server):
+    items = [{"id": "k", "completion": "\\boxed{\\frac{\\pi}{7}}", "gold": "\\frac{1}{7}\\pi"}]
+    first = http_verify(reward_server, items).json()["verdicts"][0]
+    second = http_verify(reward_server, items).json()["verdicts"][0]
+    assert first["correct"] and second["correct"]
+    assert second["cached"] is True
+    assert httpx.get(f"{reward_server['http']}/healthz").json()["cache"] == "up"
+    metrics = httpx.get(f"{reward_server['http']}/metrics").text
+    for name in ("reward_verdicts_total{status=\"correct\"}", "reward_request_seconds_bucket",
+                 "reward_timeouts_total", "reward_cache_lookups_total{result=\"hit\"}", "reward_pool_restarts"):
+        assert name in metrics
+
+
+def test_openapi_docs(reward_server):
+    spec = httpx.get(f"{reward_server['http']}/openapi.json").json()
+    assert "/v1/verify" in spec["paths"]
+
+
+def test_works_without_redis_and_says_so(tmp_path):
+    """Redis down at start: verdicts still come back, /healthz reports the cache as down."""
+    from tests.conftest import free_port
+
+    proc, http_port, _ = start_server("--redis_url", f"redis://127.0.0.1:{free_port()}/0", "--grpc_port", "0")
+    try:
+        server = {"http": f"http://127.0.0.1:{http_port}"}
+        r = http_verify(server, ITEMS, headers={})
+        assert {v["id"]: v["status"] for v in r.json()["verdicts"]} == EXPECTED
+        assert httpx.get(f"{server['http']}/healthz").json()["cache"] == "down"
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_graceful_shutdown_drains_in_flight_requests():
+    proc, http_port, _ = start_server("--grpc_port", "0")
+    server = {"http": f"http://127.0.0.1:{http_port}"}
+    result = {}
+
+    def call():
+        result["r"] = http_verify(server, [{"id": "slow", "completion": SLOW, "gold": "(x+2)^{299}+1"}, *ITEMS[:2]],
+                                  {"timeout_s": 3.0}, headers={})
+
+    t = threading.Thread(target=call)
+    t.start()
+    import time
+
+    time.sleep(1.0)  # the request is in flight (the slow item runs up to 3 s)
+    code = stop_server(proc)
+    t.join(timeout=60)
+    assert code == 0
+    assert result["r"].status_code == 200
+    assert [v["status"] for v in result["r"].json()["verdicts"]] == ["timeout", "correct", "correct"]

@@ -1,0 +1,69 @@
+"""GRPOJobConfig: the shipped configs validate, stage overrides are checked, errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.config import ConfigError, load_config
+from services.job_config import GRPOJobConfig, StageConfig, stage_loss, stage_name, stage_reward
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize("name", ["grpo_tiny.yaml", "grpo_test.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(GRPOJobConfig, REPO / "configs" / name)
+    assert cfg.stages
+    lengths = [s.max_response_tokens for s in cfg.stages]
+    assert lengths == sorted(lengths), "stages grow their response length"
+
+
+def test_tiny_default_has_three_growing_stages():
+    cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_tiny.yaml")
+    assert len(cfg.stages) == 3
+    assert cfg.stages[0].max_response_tokens < cfg.stages[1].max_response_tokens < cfg.stages[2].max_response_tokens
+    assert cfg.loss.max_staleness and cfg.loss.max_staleness > 0, "the default is asynchronous"
+
+
+def test_stage_loss_overrides_apply_on_top_of_the_job_loss():
+    cfg = GRPOJobConfig(loss={"clip_high": 0.28, "kl_coef": 0.0},
+                        stages=[{"loss": {}}, {"loss": {"clip_high": 0.2, "kl_coef": 0.01}}])
+    assert stage_loss(cfg, 0).clip_high == 0.28
+    assert (stage_loss(cfg, 1).clip_high, stage_loss(cfg, 1).kl_coef) == (0.2, 0.01)
+    assert stage_name(cfg, 1) == "stage1"
+
+
+def test_bad_stage_loss_override_names_the_stage_and_field():
+    with pytest.raises(ConfigError, match=r"stages\.1\.loss.*clip_low"):
+        load_config(GRPOJobConfig, None, ["--stages", "[{}, {loss: {clip_low: 5}}]"])
+    with pytest.raises(ConfigError, match=r"stages\.0\.loss.*no_such_knob"):
+        load_config(GRPOJobConfig, None, ["--stages", "[{loss: {no_such_knob: 1}}]"])
+
+
+def test_dotted_override_of_a_stage_field():
+    cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_test.yaml", ["--stages.0.steps", "3"])
+    assert cfg.stages[0].steps == 3
+    with pytest.raises(ConfigError, match=r"stages\.0\.group_size"):
+        load_config(GRPOJobConfig, REPO / "configs" / "grpo_test.yaml", ["--stages.0.group_size", "1"])
+
+
+def test_stage_needs_exactly_one_data_source():
+    with pytest.raises(ValueError, match="exactly one"):
+        StageConfig(difficulties=[1], data_file="x.jsonl")
+    with pytest.raises(ValueError, match="exactly one"):
+        StageConfig(difficulties=None)
+    assert StageConfig(difficulties=None, data_file="x.jsonl").data_file == "x.jsonl"
+
+
+def test_overlong_penalty_follows_the_stage_length():
+    cfg = GRPOJobConfig(stages=[{"max_response_tokens": 64}, {"max_response_tokens": 128, "overlong_buffer_tokens": 32}])
+    assert stage_reward(cfg, 0).max_response_tokens is None
+    r = stage_reward(cfg, 1)
+    assert (r.max_response_tokens, r.overlong_buffer_tokens) == (128, 32)
+
+
+def test_sync_mode_is_max_staleness_zero():
+    cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_test.yaml", ["--loss.max_staleness", "0"])
+    assert cfg.loss.max_staleness == 0
