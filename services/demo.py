@@ -1,0 +1,154 @@
+"""The embedded default end to end (``make demo`` / ``flywheel demo``).
+
+tokenizer -> pretrain (2 stages) -> SFT -> DPO (``pretraining.pipeline``) -> 3-stage asynchronous GRPO
+with in-flight weight sync, the reward verifier and the rollout workers as Ray actors
+(``services.grpo_job``) -> held-out accuracy after every step, measured the same way for every
+checkpoint (``pretraining.evaluate``: vLLM sampling + ``rewards.verify``) -> ``report.md`` with the
+accuracy table, plots and where the checkpoints are.
+
+Re-running with ``reuse: true`` (the default) skips the pretraining pipeline when its DPO checkpoint
+already exists, and the GRPO job resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("flywheel.demo")
+METRICS = ("greedy_acc", "avg_at_k", "pass_at_k")
+"""Keys of a ``pretraining.evaluate.evaluate`` result shown in the report."""
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    out_dir: str = "runs/demo"
+    """Everything the demo writes: checkpoints, metrics, plots, ``report.md``."""
+    seed: int = Field(0, ge=0)
+    """Seed of data generation and training."""
+    reuse: bool = True
+    """Skip the pretraining pipeline when ``<out_dir>/pretraining/dpo`` exists; resume GRPO."""
+    eval_n: int = Field(200, ge=1, le=100_000)
+    """Held-out problems in every accuracy measurement."""
+    eval_k: int = Field(4, ge=1, le=64)
+    """Samples per problem for avg@k and pass@k."""
+    eval_max_tokens: int = Field(160, ge=8, le=100_000)
+    """Longest completion at evaluation."""
+    pretraining: dict[str, Any] = Field(default_factory=dict)
+    """Overrides for the pipeline: ``{pretrain: {...}, sft: {...}, dpo: {...}, stage2_seeds: 1}``."""
+    grpo_config: str = "configs/grpo_tiny.yaml"
+    """GRPO job config; ``model`` and ``output_dir`` are set by the demo."""
+    grpo: dict[str, Any] = Field(default_factory=dict)
+    """Dotted-free nested overrides of the GRPO config, e.g. ``{stages: {0: {steps: 5}}}``."""
+    skip_grpo: bool = False
+    """Stop after the pretraining pipeline."""
+
+
+def _pretraining(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    from pretraining.pipeline import run_pipeline
+
+    marker = out / "pretraining" / "result.json"
+    if cfg.reuse and marker.is_file() and Path(json.loads(marker.read_text())["checkpoints"]["dpo"]).is_dir():
+        log.info("phase 1/3: pretraining pipeline: reusing %s", marker.parent)
+        return json.loads(marker.read_text())
+    log.info("phase 1/3: pretraining pipeline: tokenizer -> pretrain (2 stages) -> SFT -> DPO")
+    over = dict(cfg.pretraining)
+    result = run_pipeline(out / "pretraining", seed=cfg.seed, pretrain=over.pop("pretrain", None),
+                          sft=over.pop("sft", None), dpo=over.pop("dpo", None), eval_n=cfg.eval_n,
+                          eval_k=cfg.eval_k, eval_max_tokens=cfg.eval_max_tokens, report=log.info, **over)
+    marker.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _grpo(cfg: DemoConfig, out: Path, start: str) -> Path:
+    from services.config import merge, read_config_file, validate
+    from services.grpo_job import GRPOJob
+    from services.job_config import GRPOJobConfig
+
+    log.info("phase 2/3: multi-stage asynchronous GRPO from %s", start)
+    path = Path(cfg.grpo_config)
+    path = path if path.is_file() else REPO / path
+    data = merge(read_config_file(path), {"model": start, "output_dir": str(out / "grpo"), "seed": cfg.seed})
+    job_cfg = validate(GRPOJobConfig, merge(data, _stringify_keys(cfg.grpo)), source=f"{path} + demo overrides")
+    code = GRPOJob(job_cfg).run()
+    if code:
+        raise RuntimeError(f"the GRPO job failed with exit code {code}; see the log above")
+    return out / "grpo"
+
+
+def _stringify_keys(d: Any) -> Any:
+    return {str(k): _stringify_keys(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def _evaluate_grpo_stages(cfg: DemoConfig, grpo_dir: Path) -> dict[str, dict[str, Any]]:
+    """Held-out accuracy of every stage's HF export, measured like the pretraining checkpoints."""
+    from pretraining.evaluate import evaluate, load_weights, make_llm
+
+    exports = sorted(p for p in grpo_dir.glob("*_hf") if (p / "config.json").is_file())
+    results: dict[str, dict[str, Any]] = {}
+    llm = None
+    for exp in exports:
+        name = exp.name.removesuffix("_hf")
+        if llm is None:
+            llm = make_llm(str(exp), seed=cfg.seed)
+        else:
+            load_weights(llm, str(exp))
+        results[name] = evaluate(str(exp), n=cfg.eval_n, k=cfg.eval_k, seed=1234, llm=llm,
+                                 max_tokens=cfg.eval_max_tokens)
+        results[name]["checkpoint"] = str(exp)
+        log.info("held-out after GRPO %s: %s", name, _fmt(results[name]))
+    return results
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {r[k]:.3f}" for k in METRICS if isinstance(r.get(k), float))
+
+
+def write_report(out: Path, pre: dict[str, Any], grpo: dict[str, dict[str, Any]], seconds: dict[str, float]) -> Path:
+    """``report.md``: accuracy after every step, plots, checkpoints, timings."""
+    rows = [(name, pre["accuracy"].get(name, {}), pre["checkpoints"].get(name, "")) for name in ("base", "sft", "dpo")]
+    rows += [(f"grpo:{n}", r, r.get("checkpoint", "")) for n, r in grpo.items()]
+    k = next((r.get("k") for _, r, _ in rows if r.get("k")), "k")
+    lines = ["# Flywheel demo report", "", f"Held-out accuracy after every step ({next((r.get('n') for _, r, _ in rows if r.get('n')), '?')} "
+             f"problems; avg@{k} and pass@{k} from {k} samples at temperature 1; greedy at temperature 0).", "",
+             f"| step | greedy | avg@{k} | pass@{k} | checkpoint |", "| --- | --- | --- | --- | --- |"]
+    for name, r, ckpt in rows:
+        cells = [f"{r[m]:.3f}" if isinstance(r.get(m), float) else "n/a" for m in METRICS]
+        lines.append(f"| {name} | {' | '.join(cells)} | `{ckpt}` |")
+    lines += ["", "## Plots", ""]
+    for png in sorted(out.rglob("*.png")):
+        lines.append(f"![{png.stem}]({png.relative_to(out)})")
+    lines += ["", "## Time per phase", "", "| phase | seconds |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(cfg: DemoConfig) -> int:
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    pre = _pretraining(cfg, out)
+    seconds["pretraining pipeline"] = time.perf_counter() - t
+    grpo: dict[str, dict[str, Any]] = {}
+    if not cfg.skip_grpo:
+        t = time.perf_counter()
+        grpo_dir = _grpo(cfg, out, pre["checkpoints"]["dpo"])
+        seconds["grpo"] = time.perf_counter() - t
+        t = time.perf_counter()
+        log.info("phase 3/3: held-out evaluation of every GRPO stage")
+        grpo = _evaluate_grpo_stages(cfg, grpo_dir)
+        seconds["grpo evaluation"] = time.perf_counter() - t
+    report = write_report(out, pre, grpo, seconds)
+    print(report.read_text())
+    log.info("report: %s; checkpoints under %s", report, out)
+    return 0
