@@ -208,6 +208,14 @@ class LearnerWorker:
                 ent = token_entropy(logits.detach())
         return logp, ent
 
+    def _all_reduce(self, t):
+        """Sum a small CPU tensor over ranks (through the device: NCCL reduces CUDA tensors only)."""
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        dist.all_reduce(t)
+        return t.cpu()
+
     def train_step(self, groups: list) -> dict[str, Any]:
         """One batch of groups -> one or more optimizer steps; returns metrics (same on every rank)."""
         import torch
@@ -236,7 +244,7 @@ class LearnerWorker:
                                    sum(float((b["loss_mask"] > 0).any(-1).sum()) for b in batches),
                                    sum(float(b["attention_mask"].sum()) if len(m) else 0.0
                                        for b, m in zip(batches, step[self.rank]))], dtype=torch.float64)
-            dist.all_reduce(counts)
+            counts = self._all_reduce(counts)
             norm = Normalizer(tokens=float(counts[0]), sequences=float(counts[1]))
             for b in batches:
                 logp, ent = self._token_logprobs(self.model, b, with_entropy=lc.entropy_coef > 0)
@@ -264,7 +272,7 @@ class LearnerWorker:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.version += 1
-        dist.all_reduce(sums)
+        sums = self._all_reduce(sums)
         tok = max(float(sums[7]), 1.0)
         elapsed = time.perf_counter() - t0
         return {

@@ -1,7 +1,7 @@
 """Synthetic, verifiable math word problems and the corpora built from them.
 
-Everything is deterministic given a seed. A problem instance is identified by its template and
-operands; :func:`split_of` assigns that key to ``train`` or ``heldout`` by a hash, so the two splits
+Everything is deterministic given a seed. A problem instance is identified by its question text
+(template + operands); :func:`split_of` assigns that key to ``train`` or ``heldout`` by a hash, so the two splits
 can never share an instance (``tests/unit/pretraining/test_data.py`` proves the corpora hold no
 held-out problem). Difficulty levels form the GRPO curriculum:
 
@@ -74,9 +74,10 @@ def canonical(value: Fraction, fmt: str = "auto") -> str:
     return f"{value.numerator}/{value.denominator}"
 
 
-def split_of(template: str, operands: tuple) -> str:
-    """``train`` or ``heldout`` for one problem instance; a pure function of its key."""
-    h = hashlib.sha256(f"{template}|{operands!r}".encode()).digest()
+def split_of(question: str) -> str:
+    """``train`` or ``heldout`` for one problem instance: a pure function of its question text, so the
+    same question (e.g. ``What is 20 + 19?`` from two templates) always lands in the same split."""
+    h = hashlib.sha256(" ".join(question.split()).encode()).digest()
     return "heldout" if int.from_bytes(h[:8], "big") % HELDOUT_BUCKETS == 0 else "train"
 
 
@@ -243,7 +244,7 @@ def make_problems(split: str, difficulties: list[int], n: int, seed: int) -> lis
         level = difficulties[len(out) % len(difficulties)]
         name, fn = r.choice(sorted(TEMPLATES[level].items()))
         draw = fn(r)
-        if split_of(name, draw.operands) != split:
+        if split_of(draw.question) != split:
             continue
         if misses[level] < 500 and draw.question in seen[level]:
             misses[level] += 1  # after 500 straight repeats the level's space is spent: allow repeats

@@ -22,29 +22,11 @@ from pretraining.config import EvalConfig
 log = logging.getLogger(__name__)
 
 
-def _verifier():
-    """``rewards.verify`` (completion, gold) -> bool; a local exact comparison until ``rewards`` lands."""
-    try:
-        from rewards import verify
-    except ImportError:
-        log.warning("rewards.verify is not available; using the local boxed-answer comparison")
-        return _local_verify
-    return lambda completion, gold: bool(verify(completion, gold).correct)
+def _verify_all(completions: list[str], golds: list[str]) -> list[bool]:
+    """``rewards.verify_batch``: is each completion's final answer equivalent to its gold answer?"""
+    from rewards import verify_batch
 
-
-def _local_verify(completion: str, gold: str) -> bool:
-    """Last ``\\boxed{...}`` equals ``gold`` as an exact rational (fallback only)."""
-    from fractions import Fraction
-
-    i = completion.rfind("\\boxed{")
-    if i < 0:
-        return False
-    j = completion.find("}", i)
-    got = completion[i + 7: j if j >= 0 else None].strip()
-    try:
-        return Fraction(got) == Fraction(gold)
-    except (ValueError, ZeroDivisionError):
-        return got == gold
+    return [bool(v.correct) for v in verify_batch(list(zip(completions, golds)))]
 
 
 def make_llm(checkpoint: str, *, max_model_len: int | None = None, seed: int = 0, kv_cache_gib: float = 1.0):
@@ -86,14 +68,16 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
     prompts = [format_prompt(tok, p.question) for p in problems]
     if llm is None:
         llm = make_llm(checkpoint, seed=seed, kv_cache_gib=kv_cache_gib)
-    verify = _verifier()
+    golds = [p.answer for p in problems]
     greedy_out = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
-    greedy = [verify(o.outputs[0].text, p.answer) for o, p in zip(greedy_out, problems)]
+    greedy = _verify_all([o.outputs[0].text for o in greedy_out], golds)
     samples: list[list[bool]] = [[] for _ in problems]
     if k > 0:
         sp = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        for i, (o, p) in enumerate(zip(llm.generate(prompts, sp, use_tqdm=False), problems)):
-            samples[i] = [verify(c.text, p.answer) for c in o.outputs]
+        outs = llm.generate(prompts, sp, use_tqdm=False)
+        flat = _verify_all([c.text for o in outs for c in o.outputs], [g for o, g in zip(outs, golds) for _ in o.outputs])
+        for i, o in enumerate(outs):
+            samples[i], flat = flat[:len(o.outputs)], flat[len(o.outputs):]
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "n": len(problems), "k": k,
                               **_scores(greedy, samples), "by_difficulty": {}}
     for d in difficulties:

@@ -95,6 +95,7 @@ def verify_batch(items: Iterable[object], config: VerifyConfig | None = None) ->
     slow: list[tuple[int, str | None, str, dict]] = []
     for completion, gold in map(_item, items):
         i = len(verdicts)
+        t_item = time.perf_counter()
         if not isinstance(completion, str) or not isinstance(gold, str):
             verdicts.append(Verdict(False, "error", None, "completion and gold must be strings"))
             continue
@@ -120,7 +121,7 @@ def verify_batch(items: Iterable[object], config: VerifyConfig | None = None) ->
         if fast is not None:
             equal, reason = fast
             verdicts.append(Verdict(equal, "correct" if equal else "wrong", found.answer, reason, found.source,
-                                    (time.perf_counter() - t0) * 1e3))
+                                    (time.perf_counter() - t_item) * 1e3))
             continue
         verdicts.append(None)
         slow.append((i, found.answer, gold, {"source": found.source}))

@@ -130,6 +130,7 @@ class RolloutEngine:
         self.stats = EngineStats()
         self._llm = None
         self._seqs: dict[str, _Seq] = {}
+        self._busy_since = 0.0
         self._sync_lock = asyncio.Lock()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -180,6 +181,16 @@ class RolloutEngine:
     def in_flight(self) -> int:
         return len(self._seqs)
 
+    def _track(self, rid: str, seq: _Seq | None) -> None:
+        """Add (``seq``) or drop (None) an in-flight sequence; accumulate busy time (>= 1 in flight)."""
+        now = time.perf_counter()
+        if seq is not None:
+            if not self._seqs:
+                self._busy_since = now
+            self._seqs[rid] = seq
+        elif self._seqs.pop(rid, None) is not None and not self._seqs:
+            self.stats.busy_s += now - self._busy_since
+
     # ---------------------------------------------------------------- generation
     def _params(self, s: SamplingConfig, index: int, max_tokens: int, **extra):
         from vllm import SamplingParams
@@ -213,14 +224,14 @@ class RolloutEngine:
             await self._resumed.wait()  # never submit into a paused engine mid-update
             rid = f"{self.worker_id}-{prompt.get('prompt_id', 'p')}-{index}-{uuid.uuid4().hex[:8]}"
             seq = _Seq(rid, self.version)
-            self._seqs[rid] = seq
+            self._track(rid, seq)
             final = None
             try:
                 params = self._params(s, index, s.max_tokens - len(tokens))
                 async for out in self.llm.generate(engine_prompt, params, request_id=rid):
                     final = out
             finally:
-                self._seqs.pop(rid, None)
+                self._track(rid, None)
             if final is None:
                 break
             if prompt_ids is None:
@@ -270,7 +281,7 @@ class RolloutEngine:
         sp = self._params(s, 0, s.max_tokens, logprobs=top, output_kind=RequestOutputKind.DELTA)
         sp.n = s.n
         sp.seed = s.seed
-        self._seqs[rid] = _Seq(rid, self.version)
+        self._track(rid, _Seq(rid, self.version))
         first = True
         try:
             async for out in self.llm.generate(self._engine_prompt(prompt), sp, request_id=rid):
@@ -287,7 +298,7 @@ class RolloutEngine:
                     self.stats.tokens += len(c.token_ids)
                     yield d
         finally:
-            self._seqs.pop(rid, None)
+            self._track(rid, None)
             if self._llm is not None:
                 await self._llm.abort(rid)  # no-op when finished; frees the slot if the client went away
 
@@ -410,6 +421,7 @@ class RolloutEngine:
         return {
             "worker": self.worker_id, "version": self.version, "in_flight": self.in_flight,
             "tokens": self.stats.tokens, "samples": self.stats.samples, "groups": self.stats.groups,
+            "busy_s": self.stats.busy_s + (time.perf_counter() - self._busy_since if self._seqs else 0.0),
             "syncs": [s.__dict__ for s in syncs],
             "last_sync_s": syncs[-1].sync_s if syncs else None,
             "last_stall_s": syncs[-1].stall_s if syncs else None,

@@ -144,6 +144,7 @@ class GRPOJob:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        self.publish_refs = []
 
     def _publish(self, version: int, wait: bool) -> float:
         """Push the learner's full weights to every worker as ``version``; returns seconds to hand them over."""
@@ -246,7 +247,10 @@ class GRPOJob:
         c, p = self.cfg, self.progress
         stage = c.stages[s]
         name = stage_name(c, s)
-        self._start_workers(c.max_prompt_tokens + stage.max_response_tokens)
+        longest = stage.max_response_tokens if c.engine_per_stage else max(x.max_response_tokens for x in c.stages)
+        if c.eval.enabled and c.eval.max_response_tokens:
+            longest = max(longest, c.eval.max_response_tokens)
+        self._start_workers(c.max_prompt_tokens + longest)
         if s == 0 and p.global_step == 0 and c.eval.enabled and c.eval.at_start and not self.evals:
             self._evaluate("start", s)
         ray.get(self.sink.set_stage.remote(s, stage_reward(c, s).model_dump()))

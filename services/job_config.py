@@ -144,7 +144,7 @@ class GRPOJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: str = "runs/pretraining/dpo"
+    model: str = "runs/dpo/final"
     """Starting HF checkpoint folder (the DPO or SFT output of the pretraining pipeline)."""
     output_dir: str = "runs/grpo"
     """Checkpoints, HF exports per stage, metrics.jsonl, plots."""
@@ -154,6 +154,10 @@ class GRPOJobConfig(BaseModel):
     """Ray cluster to join (None: the one of ``ray job submit``/``RAY_ADDRESS``, else a local one)."""
     max_prompt_tokens: int = Field(128, ge=8, le=1_000_000)
     """Longest prompt (chat-formatted question); longer problems are skipped with a warning."""
+    engine_per_stage: bool = True
+    """Restart the rollout engines when a stage needs a longer ``max_model_len`` (prompt + that stage's
+    response budget). False sizes them once for the longest stage: no restarts, which on a CPU (or with
+    CUDA-graph capture) saves the engine start-up per stage."""
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()], min_length=1)
     """The declared stages, run in order."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)

@@ -79,8 +79,15 @@ def tiny_model(tmp_path_factory) -> Path:
 def ray_cluster(tmp_path_factory):
     temp_dir = Path("/tmp") / f"fwray{os.getpid()}"  # short: Ray's socket paths have a length limit
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    # token authentication with this cluster's own token (not the user's ~/.ray/auth_token)
+    import secrets
+
+    token_file = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4",
            "--temp-dir", str(temp_dir), "--include-dashboard", "true", "--disable-usage-stats",
@@ -91,6 +98,9 @@ def ray_cluster(tmp_path_factory):
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "temp_dir": temp_dir}
     finally:
         _stop_cluster(temp_dir)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_the_grpo_job(ray_cluster, tiny_model, tmp_path):
@@ -103,8 +113,12 @@ def test_ray_job_submit_runs_the_grpo_job(ray_cluster, tiny_model, tmp_path):
            "python", "-m", "services.grpo_job", "--config", "configs/grpo_test.yaml",
            "--model", str(tiny_model), "--output_dir", str(out)]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
+    for _ in range(12):  # the dashboard's job agent can take a while to come up on a loaded machine
+        proc = subprocess.run(cmd, cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+        log = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in log:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, log[-6000:]
     assert "SUCCEEDED" in log, log[-3000:]
 

@@ -71,7 +71,10 @@ def two_node_cluster():
     head_tmp = Path("/tmp") / f"fwmnh{os.getpid()}"  # short: Ray's socket paths have a length limit
     node_tmp = Path("/tmp") / f"fwmnw{os.getpid()}"
     gcs, dash = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    # RAY_AUTH_MODE explicit for every process: with it unset, Ray >= 2.5x turns token auth on for a head
+    # when ~/.ray/auth_token exists but not for a joining `ray start --address`, which is then refused.
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--object-store-memory", str(200 * 2**20),
               "--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
@@ -89,15 +92,22 @@ def two_node_cluster():
         _stop_processes_under([node_tmp, head_tmp])
 
 
-def _nodes_by_resource(cluster) -> dict[str, str]:
-    """Custom resource -> id of the node that advertises it."""
-    from ray.util.state import list_nodes
+def _state(cluster, resource: str) -> list[dict]:
+    """``ray list <resource> --detail`` of our cluster (a subprocess, so it uses our env and auth mode)."""
+    cmd = [str(VENV_BIN / "ray"), "list", resource, "--address", cluster["address"], "--detail",
+           "--format", "json", "--limit", "10000"]
+    res = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)
 
+
+def _nodes_by_resource(cluster) -> dict[str, str]:
+    """Custom resource -> id of the (alive) node that advertises it."""
     out = {}
-    for node in list_nodes(address=cluster["address"], detail=True):
+    for node in _state(cluster, "nodes"):
         for key in ("learner_node", "rollout_node"):
-            if key in node.resources_total:
-                out[key] = node.node_id
+            if key in node["resources_total"] and node["state"] == "ALIVE":
+                out[key] = node["node_id"]
     return out
 
 
@@ -106,8 +116,12 @@ def _submit(cluster, entrypoint: list[str], timeout: int) -> str:
                                                       "RAY_USAGE_STATS_ENABLED": "0"}}
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster["address"], "--working-dir", ".",
            "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
-    proc = subprocess.run(cmd, cwd=REPO, env=cluster["env"], capture_output=True, text=True, timeout=timeout)
-    log = proc.stdout + proc.stderr
+    for _ in range(30):  # a fresh cluster's job agents take a moment to register with the dashboard
+        proc = subprocess.run(cmd, cwd=REPO, env=cluster["env"], capture_output=True, text=True, timeout=timeout)
+        log = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in log:
+            break
+        time.sleep(3)
     assert proc.returncode == 0 and "SUCCEEDED" in log, log[-6000:]
     return log
 
@@ -160,18 +174,15 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_grpo_job_on_two_nodes_places_learner_and_rollout_workers_as_configured(two_node_cluster, tiny_model,
                                                                                 tmp_path):
-    from ray.util.state import list_actors
-
     out = tmp_path / "grpo"
     t0 = time.time()
     _submit(two_node_cluster, ["python", "-m", "services.grpo_job", "--config", "configs/grpo_test.yaml",
                                "--model", str(tiny_model), "--output_dir", str(out), *PIN], timeout=900)
     elapsed = time.time() - t0
     nodes = _nodes_by_resource(two_node_cluster)
-    actors = list_actors(address=two_node_cluster["address"], detail=True, limit=10_000)
-    placed = {}
-    for a in actors:
-        placed.setdefault(a.class_name, set()).add(a.node_id)
+    placed: dict[str, set[str]] = {}
+    for actor in _state(two_node_cluster, "actors"):
+        placed.setdefault(actor["class_name"], set()).add(actor["node_id"])
     learner = {k: v for k, v in placed.items() if k.startswith("Learner")}
     rollout = {k: v for k, v in placed.items() if k.startswith("RolloutWorker")}
     assert learner and rollout, f"actor classes seen: {sorted(placed)}"

@@ -19,11 +19,11 @@ from services.job_config import GRPOJobConfig
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _cfg(model, out, *extra: str) -> GRPOJobConfig:
+def _cfg(model, out, *extra: str, steps: int = 2) -> GRPOJobConfig:
     return load_config(GRPOJobConfig, REPO / "configs" / "grpo_test.yaml", [
         "--model", str(model), "--output_dir", str(out), "--eval.enabled", "false",
         "--stages", "[{name: only, difficulties: [1], num_problems: 64, max_response_tokens: 16, group_size: 4,"
-                    " prompts_per_step: 4, steps: 2}]", *extra])
+                    f" prompts_per_step: 4, steps: {steps}}}]", *extra])
 
 
 def _rows(out: Path) -> list[dict]:
@@ -61,3 +61,22 @@ def test_sync_mode_is_on_policy_and_resumes_mid_stage(local_ray, tiny_model, tmp
     assert final["data_position"] >= first["data_position"] + 4  # data continued, not restarted
     assert (out / "only_hf" / "model.safetensors").is_file()
     assert json.loads((out / "summary.json").read_text())["stages"] == ["steps"]
+
+
+def test_redis_experience_backend_acknowledges_what_the_checkpoint_covers(local_ray, tiny_model, tmp_path,
+                                                                          redis_url):
+    """Asynchronous mode through Redis Streams: the job trains, and after its final checkpoint nothing
+    delivered is left unacknowledged (a crash before it would have re-delivered those groups)."""
+    import redis
+
+    from services.grpo_job import GRPOJob
+
+    out = tmp_path / "redis"
+    stream = f"test:grpo:{tmp_path.name}"
+    cfg = _cfg(tiny_model, out, "--experience.backend", "redis", "--experience.redis_url", redis_url,
+               "--experience.stream", stream, "--loss.max_staleness", "1", steps=1)
+    assert GRPOJob(cfg).run() == 0
+    rows = _rows(out)
+    assert [r["global_step"] for r in rows] == [1] and rows[0]["samples"] == 16
+    client = redis.Redis.from_url(redis_url)
+    assert client.xpending(stream, "learner")["pending"] == 0

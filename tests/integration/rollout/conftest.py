@@ -97,3 +97,10 @@ def service(worker, rollout_cfg, tiny_model):
            "grpc": f"127.0.0.1:{cfg.grpc_port}", "token": TOKEN}
     loop.call_soon_threadsafe(state["stop"].set)
     t.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def pushed_weights():
+    """version -> state dict the shared worker was given (None: the checkpoint's own weights).
+    Every test that pushes weights records them here, so later tests know what the worker holds."""
+    return {0: None}

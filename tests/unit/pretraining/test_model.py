@@ -27,12 +27,14 @@ def _docs(vocab: int):
 
 
 def test_packed_forward_equals_unpacked_per_document_forward(tiny_model):
+    # use_cache=False matters: with a KV cache transformers does not derive the document mask from the
+    # position resets (the trainer always passes it).
     docs = _docs(tiny_model.config.vocab_size)
     rows = pack_stream(docs, seq_len=32, pad_id=0)  # 32 tokens: all four documents in one row
     assert len(rows) == 1
     batch = collate(rows, packed=True)
     with torch.no_grad():
-        packed = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        packed = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         start = 0
         for d in docs:
             alone = tiny_model(input_ids=torch.tensor([d])).logits[0]
@@ -46,7 +48,7 @@ def test_a_token_never_attends_across_documents(tiny_model):
     changed = batch["input_ids"].clone()
     changed[0, :7] = (changed[0, :7] + 1) % tiny_model.config.vocab_size  # rewrite document 1 only
     with torch.no_grad():
-        a = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        b = tiny_model(input_ids=changed, position_ids=batch["position_ids"]).logits[0]
+        a = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        b = tiny_model(input_ids=changed, position_ids=batch["position_ids"], use_cache=False).logits[0]
     assert not torch.allclose(a[:7], b[:7])
     torch.testing.assert_close(a[7:], b[7:], atol=0, rtol=0)  # later documents see nothing of it

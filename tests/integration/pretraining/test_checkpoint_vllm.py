@@ -1,0 +1,66 @@
+"""A trained checkpoint loads unchanged in transformers and in vLLM, and both agree on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+QUESTIONS = ["What is 3 + 4?", "What is 12 - 5?", "Ava buys 3 pens at 2 dollars each. How much?", "What is 1/2 of 10?"]
+
+
+@pytest.fixture(scope="module")
+def llm(sft_checkpoint):
+    from pretraining.evaluate import make_llm
+
+    engine = make_llm(str(sft_checkpoint), seed=0)
+    yield engine
+    del engine
+
+
+def _hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    n = len(prompt_ids)
+    return logp[n - 1:-1].gather(-1, torch.tensor(completion_ids).unsqueeze(-1)).squeeze(-1)
+
+
+def _agree(llm, checkpoint):
+    from vllm import SamplingParams
+
+    from pretraining.chat import format_prompt
+    from pretraining.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(checkpoint)
+    prompts = [format_prompt(tok, q) for q in QUESTIONS]
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, logprobs=0), use_tqdm=False)
+    for p, o in zip(prompts, outs):
+        c = o.outputs[0]
+        vllm_lp = torch.tensor([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
+        hf_lp = _hf_logprobs(model.eval(), list(o.prompt_token_ids), list(c.token_ids))
+        torch.testing.assert_close(vllm_lp, hf_lp, atol=2e-3, rtol=0)
+
+
+def test_checkpoint_loads_in_transformers_and_vllm_with_matching_logprobs(llm, sft_checkpoint):
+    _agree(llm, sft_checkpoint)
+
+
+def test_reloading_weights_into_the_engine_serves_the_new_checkpoint(llm, sft_checkpoint, pretrained):
+    from pretraining.evaluate import load_weights
+
+    load_weights(llm, str(pretrained / "final"))
+    _agree(llm, pretrained / "final")
+    load_weights(llm, str(sft_checkpoint))
+    _agree(llm, sft_checkpoint)
+
+
+def test_evaluate_reports_greedy_avg_and_pass_at_k(llm, sft_checkpoint):
+    from pretraining.evaluate import evaluate
+
+    r = evaluate(str(sft_checkpoint), n=10, k=2, max_tokens=48, llm=llm, return_samples=True)
+    assert r["n"] == 10 and r["k"] == 2
+    for key in ("greedy_acc", "avg_at_k", "pass_at_k"):
+        assert 0.0 <= r[key] <= 1.0
+    assert r["pass_at_k"] >= r["avg_at_k"]
+    assert set(r["by_difficulty"]) == {"1", "2", "3", "4", "5"}
+    assert len(r["samples"]) == 10
