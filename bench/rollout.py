@@ -41,70 +41,74 @@ def count_tokens(groups: list[dict]) -> int:
     return sum(len(s["completion_token_ids"]) for g in groups for s in g["samples"])
 
 
-def bench_worker(args, cfg, prompts, sampling, weights) -> dict:
-    import ray
+class WorkerContender:
+    """(a): one RolloutWorker actor; plain runs and runs with a weight update every k seconds."""
 
-    from rollout.worker import create_workers
+    def __init__(self, cfg, weights) -> None:
+        import ray
 
-    [w] = create_workers(cfg, name_prefix="bench")
-    ray.get(w.generate.remote(prompts[:2], {**sampling, "max_tokens": 4}))  # warm-up
-    best = 0.0
-    for _ in range(args.repeats):
+        from rollout.worker import create_workers
+
+        [self.w] = create_workers(cfg, name_prefix="bench")
+        self.ref = ray.put(weights)
+        self.version = ray.get(self.w.get_version.remote())
+        self.syncs: list[dict] = []
+
+    def run(self, prompts, sampling, update_every: float | None = None) -> tuple[float, list[dict]]:
+        import ray
+
+        stop = threading.Event()
+
+        def updater() -> None:
+            while not stop.wait(update_every):
+                self.version += 1
+                self.syncs.append(ray.get(self.w.load_weights.remote(self.version, self.ref)))
+
+        th = threading.Thread(target=updater, daemon=True) if update_every else None
+        if th:
+            th.start()
         t0 = time.perf_counter()
-        tokens = count_tokens(ray.get(w.generate.remote(prompts, sampling)))
-        best = max(best, tokens / (time.perf_counter() - t0))
-    # the same run with an update every k seconds
-    stop = threading.Event()
-    version = [ray.get(w.get_version.remote())]
-    recs: list[dict] = []
-    ref = ray.put(weights)
-
-    def updater() -> None:
-        while not stop.wait(args.update_every):
-            version[0] += 1
-            recs.append(ray.get(w.load_weights.remote(version[0], ref)))
-
-    with_updates = 0.0
-    for _ in range(args.repeats):
-        th = threading.Thread(target=updater, daemon=True)
-        stop.clear()
-        th.start()
-        t0 = time.perf_counter()
-        groups = ray.get(w.generate.remote(prompts, sampling))
+        groups = ray.get(self.w.generate.remote(prompts, sampling))
         dt = time.perf_counter() - t0
         stop.set()
-        th.join()
-        with_updates = max(with_updates, count_tokens(groups) / dt)
-    straddled = sum(1 for g in groups for s in g["samples"] if len(set(s["versions"])) > 1)
-    ray.get(w.shutdown.remote())
-    ray.kill(w)
-    return {"tps": best, "tps_updates": with_updates, "syncs": recs, "straddled": straddled,
-            "samples": sum(len(g["samples"]) for g in groups)}
+        if th:
+            th.join()
+        return count_tokens(groups) / dt, groups
+
+    def close(self) -> None:
+        import ray
+
+        ray.get(self.w.shutdown.remote())
+        ray.kill(self.w)
 
 
-def bench_vllm(args, cfg, prompts, sampling) -> float:
-    from vllm import LLM, SamplingParams
+class VLLMContender:
+    """(b): bare vLLM ``LLM.generate`` in this process, same engine settings and sampling."""
 
-    llm = LLM(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=True, seed=0,
-              disable_log_stats=True)
-    sp = SamplingParams(n=sampling["n"], temperature=sampling["temperature"], max_tokens=sampling["max_tokens"],
-                        logprobs=0)
-    inputs = [{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts]
-    llm.generate(inputs[:2], SamplingParams(max_tokens=4), use_tqdm=False)
-    best = 0.0
-    for _ in range(args.repeats):
+    def __init__(self, cfg, sampling) -> None:
+        from vllm import LLM, SamplingParams
+
+        self.llm = LLM(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=True,
+                       seed=0, disable_log_stats=True)
+        self.sp = SamplingParams(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                 max_tokens=sampling["max_tokens"], logprobs=0)
+
+    def run(self, prompts) -> float:
+        inputs = [{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts]
         t0 = time.perf_counter()
-        outs = llm.generate(inputs, sp, use_tqdm=False)
-        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        best = max(best, tokens / (time.perf_counter() - t0))
-    del llm
-    import gc
+        outs = self.llm.generate(inputs, self.sp, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs) / (time.perf_counter() - t0)
 
-    gc.collect()
-    return best
+    def close(self) -> None:
+        import gc
+
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
 
 
 def bench_hf(args, cfg, prompts, sampling) -> float:
+    """(c): transformers ``generate``, batched, sampling, same sequences and new tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,7 +141,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--update-every", type=float, default=0.5, help="seconds between weight updates")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for every contender")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -161,18 +165,41 @@ def main() -> None:
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads)}})
-    a = bench_worker(args, cfg, prompts, sampling, weights)
+    # Both engines stay up (idle engines cost no CPU) and the runs alternate a, b, a+updates, so
+    # load from other processes on a shared machine hits every contender alike.
+    wa = WorkerContender(cfg, weights)
+    wa.run(prompts[:4], {**sampling, "max_tokens": 8})  # warm-up
+    vb = VLLMContender(cfg, sampling)
+    vb.run(prompts[:4])
+    tps_a, tps_b, tps_u, straddled, samples = [], [], [], 0, 0
+    for _ in range(args.repeats):
+        tps_a.append(wa.run(prompts, sampling)[0])
+        tps_b.append(vb.run(prompts))
+        tps, groups = wa.run(prompts, sampling, update_every=args.update_every)
+        tps_u.append(tps)
+        straddled = sum(1 for g in groups for s in g["samples"] if len(set(s["versions"])) > 1)
+        samples = sum(len(g["samples"]) for g in groups)
+    vb.close()
+    wa.close()
     ray.shutdown()
-    b = bench_vllm(args, cfg, prompts, sampling)
     c = bench_hf(args, cfg, prompts, sampling)
+    a = {"tps": max(tps_a), "tps_updates": max(tps_u), "syncs": wa.syncs, "straddled": straddled,
+         "samples": samples}
+    b = max(tps_b)
+    print("per-repeat tokens/s  a:", [round(x) for x in tps_a], " b:", [round(x) for x in tps_b], " a+updates:",
+          [round(x) for x in tps_u])
 
     syncs = a["syncs"]
     sync_ms = [1000 * s["sync_s"] for s in syncs]
     stall_ms = [1000 * s["stall_s"] for s in syncs]
+    pause_ms = [1000 * s["pause_s"] for s in syncs]
+    reload_ms = [1000 * s["reload_s"] for s in syncs]
     res = {"tokens_per_s": {"worker": a["tps"], "vllm": b, "transformers": c, "worker_with_updates": a["tps_updates"]},
            "updates": len(syncs), "sync_ms_median": statistics.median(sync_ms) if syncs else None,
            "sync_ms_max": max(sync_ms, default=None), "stall_ms_median": statistics.median(stall_ms) if syncs else None,
-           "stall_ms_max": max(stall_ms, default=None), "samples_straddling_an_update": a["straddled"],
+           "stall_ms_max": max(stall_ms, default=None),
+           "pause_ms_median": statistics.median(pause_ms) if syncs else None,
+           "reload_ms_median": statistics.median(reload_ms) if syncs else None, "samples_straddling_an_update": a["straddled"],
            "workload": f"{args.prompts} prompts x n={args.n} x {args.max_tokens} tokens, {args.threads} threads"}
     print(f"\nworkload: {res['workload']} ({model})\n")
     print("| measurement | value |\n| --- | --- |")
@@ -188,6 +215,8 @@ def main() -> None:
         print(f"| weight-sync latency per update, median / max | {res['sync_ms_median']:.1f} / {res['sync_ms_max']:.1f} ms |")
         print(f"| generation stall per update, median / max (target < 100 ms) | {res['stall_ms_median']:.1f} / "
               f"{res['stall_ms_max']:.1f} ms |")
+        print(f"| stall parts, median: waiting for the running step / reloading weights | "
+              f"{res['pause_ms_median']:.1f} / {res['reload_ms_median']:.1f} ms |")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
 

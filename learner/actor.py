@@ -158,6 +158,9 @@ class LearnerWorker:
         return {"rank": self.rank, "device": str(self.device), "parameters": n_params}
 
     def _build_model(self, path: str, trainable: bool):
+        if not Path(path, "config.json").is_file():
+            raise FileNotFoundError(f"learner rank {self.rank}: checkpoint {path!r} has no config.json "
+                                    f"(not an HF folder, or not visible on this node)")
         import torch
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM
@@ -198,6 +201,8 @@ class LearnerWorker:
 
         ids = batch["input_ids"].to(self.device)
         logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(self.device)).logits[:, :-1]
+        if self.loss_cfg.temperature != 1.0:  # the distribution the rollout engine sampled from
+            logits = logits / self.loss_cfg.temperature
         logp = token_logprobs(logits, batch["targets"].to(self.device))
         if with_entropy:
             ent = token_entropy(logits)
@@ -397,8 +402,6 @@ class Learner:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        if not Path(checkpoint_path, "config.json").is_file():
-            raise FileNotFoundError(f"learner checkpoint {checkpoint_path!r} has no config.json (not an HF folder)")
         self.cfg = cfg
         loss = loss or LossConfig()
         worker_cls = ray.remote(LearnerWorker)

@@ -42,6 +42,10 @@ class LossConfig(BaseModel):
     too-stale token by ``stale_weight``."""
     stale_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Loss weight of a token older than ``max_staleness`` versions when ``staleness_mode: downweight``."""
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    """The rollouts' sampling temperature: the learner divides logits by it before taking log-probs, so
+    ratios and TIS weights compare the distribution the tokens were sampled from (the engine records
+    processed log-probs). Set it to the stage's temperature."""
     advantage_eps: float = Field(1e-6, gt=0.0)
     """Added to the group std before dividing (``advantage: grpo``)."""
 

@@ -18,7 +18,6 @@ class Extraction(NamedTuple):
     """``boxed`` | ``final_answer`` | ``gsm8k`` | ``answer_line`` | ``last_number`` | ``none``."""
 
 
-_BOX_CMDS = ("\\boxed", "\\fbox")
 _MARKERS = [
     ("final_answer", re.compile(r"final answer(?: is|:)?\s*(?::\s*)?", re.IGNORECASE)),
     ("gsm8k", re.compile(r"####\s*")),
@@ -29,49 +28,39 @@ _MATH_SPANS = [("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")]
 _TRAILERS = re.compile(r"(?:\.\s+.*|\.\s*$|\s+I hope it is correct.*)$", re.IGNORECASE | re.DOTALL)
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """Content of the ``{...}`` group opening at ``start`` (balanced), and the index after it."""
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth = 0
-    for i in range(start, len(text)):
-        c = text[i]
-        if c == "\\":  # skip escaped braces like \{ \}
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Index of each ``{`` -> index of its matching ``}`` (escaped ``\\{`` ``\\}`` ignored). One pass."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for i, c in enumerate(text):
+        if c in "{}" and i > 0 and text[i - 1] == "\\":
             continue
-        if c == "{" and (i == 0 or text[i - 1] != "\\"):
-            depth += 1
-        elif c == "}" and (i == 0 or text[i - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return text[start + 1:i], i + 1
-    return None
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
+    return pairs
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
+_TOKEN = re.compile(r"[^\s$]+")
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{}`` or ``\\fbox{}`` (also ``\\boxed 5``), or None."""
-    best, best_pos = None, -1
-    for cmd in _BOX_CMDS:
-        pos = text.rfind(cmd)
-        while pos != -1:
-            after = pos + len(cmd)
-            if after < len(text) and text[after].isalpha():  # \boxedfoo is another command
-                pos = text.rfind(cmd, 0, pos)
-                continue
-            rest = after
-            while rest < len(text) and text[rest] == " ":
-                rest += 1
-            group = _braced(text, rest)
-            if group is not None:
-                content = group[0]
-            else:  # \boxed 5 form: one token
-                m = re.match(r"\s+([^\s$]+)", text[after:after + 200])
-                content = m.group(1) if m else None
-            if content is not None:
-                if pos > best_pos:
-                    best, best_pos = content, pos
-                break
-            pos = text.rfind(cmd, 0, pos)
-    return best.strip() if best is not None else None
+    """Content of the last complete ``\\boxed{}`` or ``\\fbox{}`` (also ``\\boxed 5``), or None. Linear time."""
+    starts = [m.end() for m in _BOX.finditer(text)]
+    if not starts:
+        return None
+    pairs = _brace_pairs(text)
+    for after in reversed(starts):
+        if after < len(text) and text[after] == "{":
+            close = pairs.get(after)
+            if close is not None:
+                return text[after + 1:close].strip()
+            continue
+        if text[after - 1].isspace() and (m := _TOKEN.match(text, after, after + 200)):  # \boxed 5: one token
+            return m.group(0)
+    return None
 
 
 def unwrap_math(text: str) -> str:

@@ -31,7 +31,7 @@ def _context():
     import multiprocessing as mp
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["rewards.worker", "rewards.equivalence"])  # no "__main__": never re-run scripts
+    ctx.set_forkserver_preload(["rewards.worker", "rewards.worker_preload"])  # no "__main__": never re-run scripts
     return ctx
 
 

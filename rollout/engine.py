@@ -54,6 +54,12 @@ class SyncRecord:
     in_flight: int
     """Sequences that were in flight (and kept their KV cache unless re-prefilled)."""
     reprefilled: int = 0
+    stage_s: float = 0.0
+    """Part of ``sync_s`` before the pause (validation, staging the tensors in shared memory)."""
+    pause_s: float = 0.0
+    """Part of the stall waiting for the engine to stop between steps (the running step finishes)."""
+    reload_s: float = 0.0
+    """Part of the stall spent loading the weights into the model."""
 
 
 @dataclass
@@ -344,14 +350,25 @@ class RolloutEngine:
             return await self._swap(version, lambda: self.llm.collective_rpc(
                 "flywheel_reload_files", args=(list(paths),)), t0)
 
+    async def _pause(self) -> None:
+        """``pause_generation(mode="keep", clear_cache=False)`` without its cosmetic 20 ms sleep
+        (it only orders log output), so the stall is what the engine needs, not more."""
+        core = getattr(self.llm, "engine_core", None)
+        if core is not None and hasattr(core, "pause_scheduler_async"):
+            await core.pause_scheduler_async(mode="keep", clear_cache=False)
+        else:
+            await self.llm.pause_generation(mode="keep", clear_cache=False)
+
     async def _swap(self, version: int, reload, t0: float) -> SyncRecord:
         """pause(keep) -> reload -> relabel -> [mark stale sequences] -> resume."""
         llm = self.llm
         t_pause = time.perf_counter()
         self._resumed.clear()
-        await llm.pause_generation(mode="keep", clear_cache=False)
+        await self._pause()
+        t_paused = time.perf_counter()
         try:
             await reload()
+            t_loaded = time.perf_counter()
             in_flight = len(self._seqs)
             stale = self._stale_sequences(version)
             await llm.update_weight_version(str(version))
@@ -363,10 +380,12 @@ class RolloutEngine:
             self._resumed.set()
         t_end = time.perf_counter()
         rec = SyncRecord(version=version, sync_s=t_end - t0, stall_s=t_end - t_pause, in_flight=in_flight,
-                         reprefilled=len(stale))
+                         reprefilled=len(stale), stage_s=t_pause - t0, pause_s=t_paused - t_pause,
+                         reload_s=t_loaded - t_paused)
         self.stats.syncs.append(rec)
-        log.info("%s: loaded weights v%d in %.3f s (stall %.3f s, %d in flight, %d re-prefilled)",
-                 self.worker_id, version, rec.sync_s, rec.stall_s, in_flight, len(stale))
+        log.info("%s: loaded weights v%d in %.3f s (stall %.3f s: pause %.3f, reload %.3f; %d in flight, "
+                 "%d re-prefilled)", self.worker_id, version, rec.sync_s, rec.stall_s, rec.pause_s, rec.reload_s,
+                 in_flight, len(stale))
         return rec
 
     def _stale_sequences(self, new_version: int) -> list[_Seq]:
@@ -390,7 +409,7 @@ class RolloutEngine:
         await self._sync_lock.acquire()
         self._nccl_t0 = time.perf_counter()
         self._resumed.clear()
-        await self.llm.pause_generation(mode="keep", clear_cache=False)
+        await self._pause()
         await self.llm.collective_rpc("start_weight_update")
 
     async def nccl_receive(self, update_info: dict | list) -> None:

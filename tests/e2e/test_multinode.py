@@ -44,14 +44,18 @@ def _stop_processes_under(temp_dirs: list[Path]) -> None:
     import psutil
 
     keys = [str(t) for t in temp_dirs]
-    procs = []
+    me = psutil.Process()
+    spare = {me.pid} | {p.pid for p in me.parents()}  # never this test process or its ancestors
+    procs = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if p.pid != os.getpid() and any(k in part for part in (p.info["cmdline"] or []) for k in keys):
-                procs.extend(p.children(recursive=True))
-                procs.append(p)
+            if p.pid not in spare and any(k in part for part in (p.info["cmdline"] or []) for k in keys):
+                for q in [p, *p.children(recursive=True)]:
+                    if q.pid not in spare:
+                        procs[q.pid] = q
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    procs = list(procs.values())
     for proc in procs:
         try:
             proc.send_signal(signal.SIGTERM)

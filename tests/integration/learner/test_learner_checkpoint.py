@@ -102,3 +102,27 @@ def test_stale_groups_are_dropped_inside_train_step(tiny_checkpoint, process_gro
     w.train_step(groups_factory(2, 4, seed=9, version=0))  # now at version 1
     m = w.train_step(groups_factory(2, 4, seed=10, version=0))
     assert m["skipped"] and m["dropped_stale"] == 8 and m["version"] == 1
+
+
+def test_several_optimizer_steps_per_batch_use_the_start_weights_as_pi_old(tiny_checkpoint, process_group, groups_factory):
+    w = worker(tiny_checkpoint, process_group, LossConfig(tis_cap=None), lr=5e-2, warmup_steps=0,
+               micro_batch_size=2, grad_accumulation=1)
+    m = w.train_step(groups_factory(2, 4, seed=11))  # 8 sequences / 2 per step = 4 optimizer steps
+    assert m["optimizer_steps"] == 4 and m["version"] == 4
+    assert abs(m["ratio_mean"] - 1.0) > 1e-3 and m["clip_fraction"] > 0.0  # later steps moved away from pi_old
+
+
+def test_set_lr_rescales_the_schedule(tiny_checkpoint, process_group, groups_factory):
+    w = worker(tiny_checkpoint, process_group, warmup_steps=4, lr=1e-3)
+    w.train_step(groups_factory(2, 4, seed=12))  # one step into the warmup: lr = 2/4 * 1e-3
+    assert w.state()["lr"] == pytest.approx(5e-4)
+    w.set_lr(1e-2)
+    assert w.state()["lr"] == pytest.approx(5e-3)
+
+
+def test_temperature_scales_the_policy_logprobs(tiny_checkpoint, process_group, groups_factory):
+    groups = groups_factory(2, 4, seed=13)
+    hot = worker(tiny_checkpoint, process_group, LossConfig(temperature=2.0)).train_step(groups)
+    plain = worker(tiny_checkpoint, process_group).train_step(groups)
+    assert hot["entropy"] > plain["entropy"]  # softmax(logits / 2) is flatter
+    assert hot["tis_weight_mean"] != pytest.approx(plain["tis_weight_mean"])

@@ -30,4 +30,7 @@ def test_vllm_loads_the_export(tiny_checkpoint, groups_factory, tmp_path, monkey
     out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(max_tokens=8, temperature=0.0))
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
     expected = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
-    assert list(out[0].outputs[0].token_ids) == expected
+    got = list(out[0].outputs[0].token_ids)
+    llm.llm_engine.engine_core.shutdown()  # stop the engine process before pytest closes its log capture
+    del llm
+    assert got == expected

@@ -14,7 +14,7 @@ from protos import reward_pb2, reward_pb2_grpc
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GRPC_AUTH = (("authorization", f"Bearer {TOKEN}"),)
-SLOW = "\\boxed{(x+1)^{300}(x-1)^{300} - (x^2-1)^{300} + (x+2)^{299}}"
+SLOW = "\\boxed{(9999!)^{999}}"  # passes every cap, takes minutes: only the kill stops it
 ITEMS = [
     {"id": "a", "completion": "so \\boxed{\\frac{1}{2}}", "gold": "0.5", "response_tokens": 10},
     {"id": "b", "completion": "The final answer is $\\sqrt{8}$", "gold": "2\\sqrt{2}"},
@@ -133,13 +133,13 @@ def test_grpc_bad_requests(stub):
 
 
 def test_one_pathological_item_does_not_hold_back_the_batch(reward_server, stub):
-    items = [{"id": "slow", "completion": SLOW, "gold": "(x+2)^{299}+1"}, *ITEMS[:3]]
-    r = http_verify(reward_server, items, {"timeout_s": 0.5})
+    items = [{"id": "slow", "completion": SLOW, "gold": "1"}, *ITEMS[:3]]
+    r = http_verify(reward_server, items, {"timeout_s": 1.0})
     verdicts = r.json()["verdicts"]
     assert verdicts[0]["status"] == "timeout" and "time limit" in verdicts[0]["reason"]
     assert [v["status"] for v in verdicts[1:]] == ["correct", "correct", "wrong"]
     s, _ = stub
-    resp = s.Verify(reward_pb2.VerifyRequest(items=grpc_items(items), options=reward_pb2.VerifyOptions(timeout_s=0.5)),
+    resp = s.Verify(reward_pb2.VerifyRequest(items=grpc_items(items), options=reward_pb2.VerifyOptions(timeout_s=1.0)),
                     metadata=GRPC_AUTH)
     assert [v.status for v in resp.verdicts] == ["timeout", "correct", "correct", "wrong"]
 
@@ -182,7 +182,7 @@ def test_graceful_shutdown_drains_in_flight_requests():
     result = {}
 
     def call():
-        result["r"] = http_verify(server, [{"id": "slow", "completion": SLOW, "gold": "(x+2)^{299}+1"}, *ITEMS[:2]],
+        result["r"] = http_verify(server, [{"id": "slow", "completion": SLOW, "gold": "1"}, *ITEMS[:2]],
                                   {"timeout_s": 3.0}, headers={})
 
     t = threading.Thread(target=call)

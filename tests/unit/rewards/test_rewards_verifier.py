@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from verifier_cases import CASES, EXTRACTION_CASES, labelled
 
@@ -17,10 +15,14 @@ def test_case_set_is_big_and_balanced():
     assert wrong >= len(CASES) / 3
 
 
+# Correctness tests use a generous time limit: a loaded CI machine must not turn a verdict into a timeout.
+RELAXED = VerifyConfig(timeout_s=20.0)
+
+
 @pytest.fixture(scope="module")
 def case_verdicts():
     cases = labelled()
-    return cases, verify_batch([(c["completion"], c["gold"]) for c in cases])
+    return cases, verify_batch([(c["completion"], c["gold"]) for c in cases], RELAXED)
 
 
 @pytest.mark.parametrize("form", sorted({c[3] for c in CASES}))
@@ -64,30 +66,28 @@ def test_oversized_completion_is_an_error():
 
 @pytest.mark.parametrize("answer", ["5^{5^{5^{5}}}", "10^{10^{10}}", "9999!", "2^{100000}",
                                     "(" * 200 + "1" + ")" * 200, "x^{99999}"])
-def test_caps_refuse_pathological_answers_quickly(answer):
-    t0 = time.monotonic()
+def test_caps_refuse_pathological_answers(answer):
     v = verify(f"\\boxed{{{answer}}}", "5")
-    assert v.status in ("wrong", "error", "timeout") and not v.correct
-    assert time.monotonic() - t0 < 2.0 + 0.5 + 5.0  # generous: first use may start the pool
+    assert v.status == "wrong" and not v.correct
+    assert "refused" in v.reason or "longer than" in v.reason or "different" in v.reason
 
 
 def test_timeout_kills_the_worker_and_the_pool_recovers():
-    """A comparison sympy cannot finish in time returns 'timeout'; the other items still verify."""
-    cfg = VerifyConfig(timeout_s=0.5, max_exponent=10**6)
-    slow = "\\boxed{(x+1)^{300}(x-1)^{300} - (x^2-1)^{300} + (x+2)^{299}}"
+    """An item that passes every cap but takes minutes ((9999!)^999 has 35 million digits) returns
+    'timeout'; the rest of the batch still verifies and the pool keeps serving."""
+    cfg = VerifyConfig(timeout_s=0.5)
     pool = shared_pool(cfg.num_workers)
     restarts = pool.restarts
-    verdicts = verify_batch([(slow, "(x+2)^{299}+1"), ("\\boxed{\\sqrt{4}}", "2"), ("#### 7", "7")], cfg)
-    assert verdicts[0].status in ("timeout", "wrong")
-    assert verdicts[1].correct and verdicts[2].correct
-    if verdicts[0].status == "timeout":
-        assert pool.restarts > restarts
-    assert verify("\\boxed{\\sqrt{9}}", "3", cfg).correct  # the pool still serves
+    verdicts = verify_batch([("\\boxed{(9999!)^{999}}", "1"), ("\\boxed{4}", "4"), ("#### 7", "8")], cfg)
+    assert verdicts[0].status == "timeout" and "time limit" in verdicts[0].reason
+    assert [v.status for v in verdicts[1:]] == ["correct", "wrong"]
+    assert pool.restarts > restarts
+    assert verify("\\boxed{\\sqrt{9}}", "3", RELAXED).correct  # the pool still serves
 
 
 def test_verify_batch_accepts_dicts_and_keeps_order():
     items = [{"completion": f"\\boxed{{{i}}}", "gold": str(i if i % 2 else i + 1)} for i in range(20)]
-    verdicts = verify_batch(items)
+    verdicts = verify_batch(items, RELAXED)
     assert [v.correct for v in verdicts] == [bool(i % 2) for i in range(20)]
 
 
@@ -96,5 +96,5 @@ def test_verify_is_thread_safe():
 
     jobs = [(f"\\boxed{{\\sqrt{{{i * i}}}}}", str(i)) for i in range(1, 13)]
     with ThreadPoolExecutor(4) as ex:
-        verdicts = list(ex.map(lambda j: verify(*j), jobs))
+        verdicts = list(ex.map(lambda j: verify(*j, RELAXED), jobs))
     assert all(v.correct for v in verdicts)
