@@ -145,20 +145,23 @@ def collate(seqs: list[TrainSequence], pad_id: int = 0) -> dict[str, Any]:
             "advantages": advantages}
 
 
-def shard_steps(seqs: list[TrainSequence], micro_batch_size: int, grad_accumulation: int,
-                world_size: int) -> list[list[list[list[TrainSequence]]]]:
+def shard_steps(seqs: list, micro_batch_size: int, grad_accumulation: int, world_size: int,
+                sort_by_length: bool = True) -> list[list[list[list[TrainSequence]]]]:
     """Split sequences into ``steps[step][rank][micro]`` lists of sequences.
 
     One optimizer step takes ``micro_batch_size * grad_accumulation * world_size`` sequences (the last
-    step takes the rest); inside a step sequence i goes to rank i % world_size. Every rank of a step
-    gets the same number of micro-batches (possibly empty ones) because each forward pass is a
-    collective under FSDP.
+    step takes the rest); inside a step sequence i goes to rank i % world_size, and each rank's share
+    is sorted by length before it is cut into micro-batches (less padding; the loss denominators are
+    step-wide, so the order does not change the update). Every rank of a step gets the same number of
+    micro-batches (possibly empty ones) because each forward pass is a collective under FSDP.
     """
     per_step = micro_batch_size * grad_accumulation * world_size
     steps = []
     for start in range(0, len(seqs), per_step):
         chunk = seqs[start:start + per_step]
         per_rank = [chunk[r::world_size] for r in range(world_size)]
+        if sort_by_length:
+            per_rank = [sorted(p, key=len) for p in per_rank]
         n_micro = max(1, max(-(-len(p) // micro_batch_size) for p in per_rank))
         steps.append([[p[m * micro_batch_size:(m + 1) * micro_batch_size] for m in range(n_micro)]
                       for p in per_rank])

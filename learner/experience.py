@@ -69,10 +69,12 @@ class ExperienceQueue:
             return len(self.items)
 
     async def get(self, n: int, timeout: float | None = None) -> list[dict]:
-        """Up to ``n`` groups: returns once ``n`` are there, or after ``timeout`` s with what there is."""
+        """Up to ``n`` groups: returns once ``n`` are there (or the queue is full), or after ``timeout`` s
+        with what there is."""
+        want = min(n, self.maxsize) if self.maxsize else n
         async with self.cond:
             try:
-                await asyncio.wait_for(self.cond.wait_for(lambda: len(self.items) >= n), timeout)
+                await asyncio.wait_for(self.cond.wait_for(lambda: len(self.items) >= want), timeout)
             except asyncio.TimeoutError:
                 pass
             out = [self.items.popleft() for _ in range(min(n, len(self.items)))]

@@ -98,7 +98,7 @@ class _TrainCommon(_Base):
     """Seed for data, init and shuffling."""
     seq_len: int = Field(256, ge=8, le=1_000_000)
     """Tokens per packed row (the context length used in training)."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1)
     """Rows per micro-batch (per rank)."""
     packing: bool = True
     """Pack documents into rows (intra-document masking); False pads one document per row."""
@@ -133,9 +133,9 @@ class PretrainConfig(_TrainCommon):
     tokenizer: TokenizerConfig = TokenizerConfig()
     """Tokenizer to use or train."""
     stages: list[DataStage] = [
-        DataStage(name="general", steps=300,
+        DataStage(name="general", steps=250,
                   mixture={"problems": 0.5, "arithmetic_facts": 0.3, "counting": 0.1, "comparisons": 0.1}),
-        DataStage(name="reasoning", steps=150, mixture={"problems": 0.9, "arithmetic_facts": 0.1}),
+        DataStage(name="reasoning", steps=100, mixture={"problems": 0.9, "arithmetic_facts": 0.1}),
     ]
     """Data stages run in order with one LR schedule across all of them."""
 
@@ -151,7 +151,7 @@ class SFTConfig(_TrainCommon):
     """Run folder; ``final/`` is the HF export."""
     init_from: str = "runs/pretrain/final"
     """Checkpoint folder to fine-tune."""
-    n_examples: int = Field(4000, ge=1)
+    n_examples: int = Field(3000, ge=1)
     """Training conversations generated from the train split."""
     difficulties: list[int] = [1, 2, 3, 4, 5]
     """Difficulty levels of the SFT problems."""
@@ -168,7 +168,7 @@ class DPOConfig(_TrainCommon):
     """Run folder; ``final/`` is the HF export."""
     init_from: str = "runs/sft/final"
     """Checkpoint to optimise; also the frozen reference model."""
-    n_pairs: int = Field(1000, ge=1)
+    n_pairs: int = Field(600, ge=1)
     """Preference pairs (correct vs plausible wrong solution) from the train split."""
     difficulties: list[int] = [1, 2, 3, 4, 5]
     """Difficulty levels of the pairs."""
@@ -178,7 +178,7 @@ class DPOConfig(_TrainCommon):
     """Strength of the implicit KL to the reference."""
     epochs: int = Field(1, ge=1)
     """Passes over the pairs."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1)
     """Pairs per micro-batch."""
     packing: bool = False
     """DPO pads each sequence (pairs are scored per sequence)."""

@@ -35,7 +35,8 @@ class Answer:
     text: str
 
 
-_CHOICE = re.compile(r"^\(?\s*([A-Ea-e])\s*\)?\.?$|^(?:option|choice)\s+([A-Ea-e])$", re.IGNORECASE)
+_CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?\.?$|^(?:[Oo]ption|[Cc]hoice)\s+([A-E])$")
+_CHOICE_ANY_CASE = re.compile(r"^\(?\s*([A-Ea-e])\s*\)?\.?$|^(?:option|choice)\s+([A-Ea-e])$", re.IGNORECASE)
 _REL = re.compile(r"\\leq|\\geq|\\le(?![a-z])|\\ge(?![a-z])|<=|>=|≤|≥|<|>|\\lt|\\gt")
 _REL_MAP = {"\\leq": "<=", "\\le": "<=", "<=": "<=", "≤": "<=", "\\geq": ">=", "\\ge": ">=", ">=": ">=",
             "≥": ">=", "<": "<", "\\lt": "<", ">": ">", "\\gt": ">"}
@@ -76,13 +77,18 @@ def _balanced_inside(s: str) -> bool:
     return depth == 0
 
 
-def parse_answer(raw: str, cfg: VerifyConfig) -> Answer:
-    """Classify and parse an answer string into a comparable structure."""
+def parse_answer(raw: str, cfg: VerifyConfig, lowercase_choice: bool = False) -> Answer:
+    """Classify and parse an answer string into a comparable structure.
+
+    A lone capital A-E is a multiple-choice letter; a lowercase one only when ``lowercase_choice``
+    (the gold is a choice), so a gold ``e`` stays Euler's number."""
     s = normalize(raw)
     if len(s) > cfg.max_answer_chars:
         raise LimitExceeded(f"answer longer than max_answer_chars={cfg.max_answer_chars}")
-    if m := _CHOICE.match(s):
+    if m := (_CHOICE_ANY_CASE if lowercase_choice else _CHOICE).match(s):
         return Answer("choice", (m.group(1) or m.group(2)).upper(), s)
+    if parse_rational(s, cfg.max_exponent) is not None:  # "1,000" is a number, not a list
+        return Answer("scalar", _scalar(s, cfg), s)
     if (m := re.match(r"^\\begin\{([pbvB]?matrix)\}(.*)\\end\{\1\}$", s, re.DOTALL)):
         rows = [r for r in (x.strip() for x in m.group(2).split("\\\\")) if r]
         cells = [[_scalar(c.strip(), cfg) for c in r.split("&")] for r in rows]
@@ -176,9 +182,7 @@ def scalars_equal(gold: Parsed, pred: Parsed, cfg: VerifyConfig) -> bool:
         return True
     if g.is_Rational and p.is_Rational and not (gold.has_decimal or pred.has_decimal):
         return False  # exact rationals that differ
-    if {str(s) for s in g.free_symbols} != {str(s) for s in p.free_symbols}:
-        return False  # "x + z" is not "1"
-    if not g.free_symbols:
+    if not g.free_symbols and not p.free_symbols:
         return _numbers_equal(gold, pred, cfg)
     verdict = _random_points_equal(g, p)
     if verdict is not None:
@@ -338,7 +342,7 @@ def compare(gold: str, pred: str, cfg: VerifyConfig) -> tuple[bool, str]:
     except (ParseError, LimitExceeded, TypeError, ValueError) as e:
         raise GoldError(f"gold answer not parsable: {e}") from None
     try:
-        p = parse_answer(pred, cfg)
+        p = parse_answer(pred, cfg, lowercase_choice=g.kind == "choice")
     except LimitExceeded as e:
         return False, f"answer refused: {e}"
     except (ParseError, TypeError, ValueError) as e:

@@ -68,7 +68,7 @@ class GRPOJob:
 
         if ray.is_initialized():
             return
-        address = self.cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        address = self.cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=True, ignore_reinit_error=True)
         log.info("ray: %s", ray.cluster_resources())
 

@@ -151,7 +151,8 @@ class GRPOJobConfig(BaseModel):
     seed: int = 0
     """Seed of data order and sampling."""
     ray_address: str | None = None
-    """Ray cluster to join (None: the one of ``ray job submit``/``RAY_ADDRESS``, else a local one)."""
+    """Ray cluster to join: None = the one ``ray job submit`` runs in (``RAY_ADDRESS``), else a fresh local
+    one; ``auto`` = the cluster ``ray start`` runs on this machine; or ``host:port``."""
     max_prompt_tokens: int = Field(128, ge=8, le=1_000_000)
     """Longest prompt (chat-formatted question); longer problems are skipped with a warning."""
     engine_per_stage: bool = True

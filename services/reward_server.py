@@ -61,7 +61,8 @@ class RewardServerConfig(BaseModel):
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     """How long shutdown waits for in-flight requests to finish."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    """Default reward shaping and verifier settings (request options override a few)."""
+    """Default reward shaping and verifier settings (request options override a few); the server's
+    ``timeout_s`` and ``workers`` replace ``reward.verify.timeout_s`` / ``num_workers``."""
 
 
 class RequestError(ValueError):
@@ -101,7 +102,8 @@ class RewardService:
     def __init__(self, cfg: RewardServerConfig):
         from rewards.worker_pool import shared_pool
 
-        self.cfg = cfg
+        verify_cfg = cfg.reward.verify.model_copy(update={"timeout_s": cfg.timeout_s, "num_workers": cfg.workers})
+        self.cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"verify": verify_cfg})})
         self.pool = shared_pool(cfg.workers)
         took = self.pool.warm_up(wait=True)
         log.info("%d verifier worker processes ready in %.2f s", self.pool.size, took)

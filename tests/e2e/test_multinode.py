@@ -126,7 +126,7 @@ def _submit(cluster, entrypoint: list[str], timeout: int) -> str:
         if "No available agent to submit job" not in log:
             break
         time.sleep(3)
-    assert proc.returncode == 0 and "SUCCEEDED" in log, log[-6000:]
+    assert proc.returncode == 0 and "succeeded" in log.lower(), log[-6000:]
     return log
 
 
@@ -146,16 +146,17 @@ PLACEMENT_PROBE = textwrap.dedent("""
     cfg = load_config(GRPOJobConfig, "configs/grpo_test.yaml", sys.argv[1:])
     job = GRPOJob(cfg)
     job._connect_ray()
-    pg = job._placement_group()  # the job's own placement code: learner bundles, then rollout bundles
+    # the job's own placement code (services.grpo_job.GRPOJob._placement_groups): one group per role
+    pgs = dict(zip(["learner", "rollout"], job._placement_groups()))
+    sizes = {"learner": cfg.learner.world_size, "rollout": cfg.rollout.num_workers}
 
     @ray.remote(num_cpus=0)
     def node_id():
         return ray.get_runtime_context().get_node_id()
 
-    roles = ["learner"] * cfg.learner.world_size + ["rollout"] * cfg.rollout.num_workers
-    ids = ray.get([node_id.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-        pg, placement_group_bundle_index=i)).remote() for i in range(len(roles))])
-    print("PLACEMENT " + json.dumps(list(zip(roles, ids))))
+    placed = [(role, ray.get(node_id.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        pgs[role], placement_group_bundle_index=i)).remote())) for role in pgs for i in range(sizes[role])]
+    print("PLACEMENT " + json.dumps(placed))
 """)
 
 

@@ -48,7 +48,7 @@ def test_maxsize_applies_back_pressure(ray_local, groups_factory):
     assert not ready and stream.size() == 2  # the rollout worker's put waits
     assert stream.get(2, timeout=1.0) == g[:2]
     ray.get(blocked, timeout=30)
-    assert stream.get(2, timeout=1.0) == g[2:]
+    assert stream.get(10, timeout=None) == g[2:]  # a full queue answers at once, even without a timeout
     stream.close()
 
 

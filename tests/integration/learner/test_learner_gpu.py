@@ -76,3 +76,39 @@ def test_export_bf16_from_cuda_loads_in_transformers(tiny_checkpoint, process_gr
     m = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).cuda()
     out = m(input_ids=torch.tensor([[5, 6, 7]], device="cuda")).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+NCCL_ONLY = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from conftest import make_groups
+from learner.actor import LearnerWorker, free_port
+from learner.config import LearnerConfig, LossConfig
+w = LearnerWorker(LearnerConfig(device="cuda", lr=1e-3, micro_batch_size=4, grad_accumulation=1),
+                  LossConfig(kl_coef=0.01), sys.argv[1], rank=0)
+w.setup("127.0.0.1", free_port())           # creates a pure NCCL group, as a Ray actor does
+m = [w.train_step(make_groups(2, 4, seed=s)) for s in range(2)]   # 2 optimizer steps per batch
+w.save_checkpoint(sys.argv[2] + "/ckpt", {"k": 1})
+extra = w.load_checkpoint(sys.argv[2] + "/ckpt")
+sd = w.full_state_dict("bfloat16")
+w.export_hf(sys.argv[2] + "/hf")
+print(json.dumps({"metrics": m, "extra": extra, "n": len(sd), "dtype": str(next(iter(sd.values())).dtype)}))
+w.shutdown()
+"""
+
+
+def test_pure_nccl_group_as_in_a_ray_actor(tiny_checkpoint, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    proc = subprocess.run([sys.executable, "-c", NCCL_ONLY, str(tiny_checkpoint), str(tmp_path), str(here)],
+                          capture_output=True, text=True, timeout=300, cwd=here.parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["extra"] == {"k": 1} and out["dtype"] == "torch.bfloat16"
+    assert [m["optimizer_steps"] for m in out["metrics"]] == [2, 2] and out["metrics"][1]["version"] == 4
+    assert out["metrics"][1]["kl"] > 0 and all(math.isfinite(m["loss"]) for m in out["metrics"])
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

@@ -1,49 +1,9 @@
-"""A real ``flywheel serve-reward`` process (uvicorn + gRPC) on free ports, with a real Redis cache."""
+"""Fixtures: a real ``flywheel serve-reward`` process (uvicorn + gRPC) with a real Redis cache."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
 import pytest
-
-from tests.conftest import free_port
-
-REPO = Path(__file__).resolve().parents[3]
-TOKEN = "test-token"
-
-
-def start_server(*overrides: str) -> tuple[subprocess.Popen, int, int]:
-    http_port, grpc_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "services.cli", "serve-reward", "--http_port", str(http_port),
-           "--grpc_port", str(grpc_port), *overrides]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"reward server exited with {proc.returncode}: {' '.join(cmd)}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
-                return proc, http_port, grpc_port
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("reward server did not become healthy in 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+from reward_server_process import TOKEN, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

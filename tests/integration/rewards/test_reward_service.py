@@ -7,7 +7,7 @@ import threading
 import grpc
 import httpx
 import pytest
-from conftest import TOKEN, start_server, stop_server
+from reward_server_process import TOKEN, free_port, start_server, stop_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import reward_pb2, reward_pb2_grpc
@@ -164,8 +164,6 @@ def test_openapi_docs(reward_server):
 
 def test_works_without_redis_and_says_so(tmp_path):
     """Redis down at start: verdicts still come back, /healthz reports the cache as down."""
-    from tests.conftest import free_port
-
     proc, http_port, _ = start_server("--redis_url", f"redis://127.0.0.1:{free_port()}/0", "--grpc_port", "0")
     try:
         server = {"http": f"http://127.0.0.1:{http_port}"}

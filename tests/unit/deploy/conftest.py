@@ -1,8 +1,4 @@
-"""Fixtures for the deploy/ checks: the manifests, the validator script, and mapping image paths to the repo.
-
-Containers built from deploy/Dockerfile.* hold the repository at ``/app`` (``WORKDIR /app``, ``COPY . /app``),
-so a path ``/app/X`` named in a manifest must be ``X`` in this checkout.
-"""
+"""Fixtures for the deploy/ checks: the validator script (deploy/validate_manifests.py) and the manifests."""
 
 from __future__ import annotations
 
@@ -13,17 +9,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
-IMAGE_ROOT = "/app"
-"""Where the Dockerfiles put the repository inside the image."""
-
-
-def repo_path(image_path: str) -> Path | None:
-    """The checkout path of an in-image path under ``/app`` (None for paths outside the image's code)."""
-    if image_path == IMAGE_ROOT or image_path.startswith(IMAGE_ROOT + "/"):
-        return REPO / image_path[len(IMAGE_ROOT):].lstrip("/")
-    return None
-
-
 @pytest.fixture(scope="session")
 def validator_module():
     """deploy/validate_manifests.py, imported from its path (deploy/ is not a package)."""

@@ -7,10 +7,13 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEPLOY, REPO
+
+REPO = Path(__file__).resolve().parents[3]
+DEPLOY = REPO / "deploy"
 
 MANIFEST_FILES = sorted((DEPLOY / "k8s").glob("*.yaml"))
 

@@ -11,14 +11,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEPLOY, REPO, repo_path
 from pydantic import BaseModel
+
+REPO = Path(__file__).resolve().parents[3]
+DEPLOY = REPO / "deploy"
+IMAGE_ROOT = "/app"
+"""Where the Dockerfiles put the repository inside the image (``WORKDIR /app``, ``COPY . /app``)."""
 
 IMAGES = {"flywheel-rl:cpu": DEPLOY / "Dockerfile.cpu", "flywheel-rl:gpu": DEPLOY / "Dockerfile.gpu"}
 """Image name used in the manifests -> the Dockerfile that builds it."""
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+def repo_path(image_path: str) -> Path | None:
+    """The checkout path of an in-image path under ``/app`` (None for paths outside the image's code)."""
+    if image_path == IMAGE_ROOT or image_path.startswith(IMAGE_ROOT + "/"):
+        return REPO / image_path[len(IMAGE_ROOT):].lstrip("/")
+    return None
+
+
 def containers(doc: dict) -> list[dict]:
     """Containers of every pod template inside a manifest object."""
     spec = doc["spec"]

@@ -11,9 +11,12 @@ import importlib.util
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
-from conftest import DEPLOY, REPO
+
+REPO = Path(__file__).resolve().parents[3]
+DEPLOY = REPO / "deploy"
 
 DOCKERFILES = {"cpu": DEPLOY / "Dockerfile.cpu", "gpu": DEPLOY / "Dockerfile.gpu"}
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "EXPOSE", "CMD", "ENTRYPOINT", "USER",

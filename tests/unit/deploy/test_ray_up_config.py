@@ -4,10 +4,12 @@ provider) and its own schema check (ray/autoscaler/ray-schema.json, shipped in t
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEPLOY
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 RAY_UP = DEPLOY / "ray-cluster.yaml"
 
