@@ -6,8 +6,9 @@ Both arms train the tiny model (forward + backward + AdamW) on the same stage-1 
 - packed: documents concatenated into full rows with intra-document masking (position resets);
 - padded: one document per row, right-padded to the longest document of its batch (dynamic padding,
   the cheaper padding baseline) with an attention mask.
-Printed: the share of non-padding tokens in each arm, real (non-padding) tokens/s of each, and the
-ratio packed/padded. Timings depend on machine load; run it on a quiet machine and compare ratios.
+A third arm pads every row to ``seq_len`` (static shapes). The arms are interleaved step by step so
+machine-load swings hit all alike. Printed: the share of non-padding tokens in each arm, real
+(non-padding) tokens/s of each, and the ratios packed/padded. Timings depend on machine load; run it on a quiet machine and compare ratios.
 """
 
 from __future__ import annotations
@@ -18,23 +19,44 @@ import os
 import time
 
 
-def _time_arm(model, batches, steps: int) -> tuple[float, int]:
+def _real(b) -> int:
+    return int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["real"].sum())
+
+
+def _interleaved(arms: dict[str, list], steps: int) -> dict[str, tuple[float, int]]:
+    """Train one model per arm; after each packed step, every other arm trains until it has seen as
+    many real tokens. Interleaving spreads machine-load swings over all arms alike."""
     import torch
 
-    from pretraining.config import OptimConfig
+    from pretraining.model import build_model
     from pretraining.trainer import lm_loss, param_groups
 
-    opt = torch.optim.AdamW(param_groups(model, OptimConfig().weight_decay), lr=1e-3)
-    lm_loss(model, batches[0])[0].backward()  # warm-up step, not timed
-    opt.zero_grad(set_to_none=True)
-    real, t0 = 0, time.perf_counter()
-    for b in batches[1:steps + 1]:
-        loss, _ = lm_loss(model, b)
-        loss.backward()
-        opt.step()
+    vocab = int(max(int(b["input_ids"].max()) for bs in arms.values() for b in bs)) + 1
+    state = {}
+    for name, batches in arms.items():
+        model = build_model("tiny", vocab, seed=0)
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+        lm_loss(model, batches[0])[0].backward()  # warm-up, not timed
         opt.zero_grad(set_to_none=True)
-        real += int(b["attention_mask"].sum()) if "attention_mask" in b else int((b["real"]).sum())
-    return time.perf_counter() - t0, real
+        state[name] = {"model": model, "opt": opt, "i": 1, "t": 0.0, "real": 0}
+
+    def step(name):
+        st, b = state[name], arms[name][state[name]["i"] % len(arms[name]) or 1]
+        t0 = time.perf_counter()
+        loss, _ = lm_loss(st["model"], b)
+        loss.backward()
+        st["opt"].step()
+        st["opt"].zero_grad(set_to_none=True)
+        st["t"] += time.perf_counter() - t0
+        st["real"] += _real(b)
+        st["i"] += 1
+
+    for _ in range(steps):
+        step("packed")
+        for name in arms:
+            while name != "packed" and state[name]["real"] < state["packed"]["real"]:
+                step(name)
+    return {name: (st["t"], st["real"]) for name, st in state.items()}
 
 
 def main() -> None:
@@ -49,7 +71,6 @@ def main() -> None:
     import torch
 
     from pretraining.data import mixture_documents
-    from pretraining.model import build_model
     from pretraining.packing import Row, collate, pack_stream, real_token_share
     from pretraining.pretrain import encode_documents
     from pretraining.tokenizer import train_tokenizer
@@ -78,28 +99,24 @@ def main() -> None:
             r = Row()
             r.add(d)
             rows.append(r.pad_to(longest, pad))
-        padded_rows += [(r, args.seq_len) for r in rows]
+        padded_rows += [(Row(list(r.input_ids[:r.n_real]), list(r.position_ids[:r.n_real]), list(r.labels[:r.n_real]), r.n_real), args.seq_len) for r in rows]
         padded.append(collate(rows, packed=False))
     share_packed = real_token_share(packed_rows)
-    share_padded_dynamic = sum(r.n_real for r, _ in padded_rows) / sum(len(r.input_ids) for r, _ in padded_rows)
+    share_padded_dynamic = sum(int(b["attention_mask"].sum()) for b in padded) / sum(b["input_ids"].numel() for b in padded)
     share_padded_fixed = sum(r.n_real for r, _ in padded_rows) / (len(padded_rows) * args.seq_len)
 
+    fixed = [collate([r.pad_to(args.seq_len, pad) for r, _ in padded_rows[i:i + args.batch]], packed=False)
+             for i in range(0, len(padded_rows), args.batch)]
     steps = min(args.steps, len(packed) - 1)
-    # the padded arm gets the same number of real tokens to chew through
-    model = build_model("tiny", len(tok), seed=0)
-    t_packed, real_packed = _time_arm(model, packed, steps)
-    need, n = real_packed, 1
-    while n < len(padded) and sum(int(b["attention_mask"].sum()) for b in padded[1:n + 1]) < need:
-        n += 1
-    model = build_model("tiny", len(tok), seed=0)
-    t_padded, real_padded = _time_arm(model, padded, n)
-
+    timing = _interleaved({"packed": packed, "padded_dynamic": padded, "padded_to_seq_len": fixed}, steps)
+    tps = {k: r / t for k, (t, r) in timing.items()}
     result = {
         "docs": len(ids), "seq_len": args.seq_len, "batch": args.batch, "threads": torch.get_num_threads(),
         "non_padding_share": {"packed": round(share_packed, 4), "padded_dynamic": round(share_padded_dynamic, 4),
                               "padded_to_seq_len": round(share_padded_fixed, 4)},
-        "real_tokens_per_s": {"packed": round(real_packed / t_packed, 1), "padded_dynamic": round(real_padded / t_padded, 1)},
-        "packed_over_padded": round((real_packed / t_packed) / (real_padded / t_padded), 3),
+        "real_tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "packed_over_padded_dynamic": round(tps["packed"] / tps["padded_dynamic"], 3),
+        "packed_over_padded_to_seq_len": round(tps["packed"] / tps["padded_to_seq_len"], 3),
         "load_avg_1min": os.getloadavg()[0],
     }
     print(json.dumps(result, indent=2))

@@ -29,21 +29,34 @@ def _verify_all(completions: list[str], golds: list[str]) -> list[bool]:
     return [bool(v.correct) for v in verify_batch(list(zip(completions, golds)))]
 
 
+class CheckpointReloader:
+    """vLLM worker extension: ``reload_checkpoint(path)`` loads a checkpoint folder's safetensors into the
+    running model in place (the CPU-verified path: ``model_runner.reload_weights(weights_iterator=...)``
+    inside the worker, so only the path crosses the RPC)."""
+
+    def reload_checkpoint(self, path: str) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(path) / "model.safetensors"))
+        self.model_runner.reload_weights(weights_iterator=iter(state.items()))
+
+
 def make_llm(checkpoint: str, *, max_model_len: int | None = None, seed: int = 0, kv_cache_gib: float = 1.0):
-    """A ``vllm.LLM`` for a checkpoint folder (float32 on CPU, the checkpoint's own dtype on GPU)."""
+    """A ``vllm.LLM`` for a checkpoint folder (float32), able to reload other checkpoints in place."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
     from vllm import LLM
 
     cfg = json.loads((Path(checkpoint) / "config.json").read_text())
     max_len = max_model_len or min(int(cfg.get("max_position_embeddings", 1024)), 1024)
     return LLM(model=str(checkpoint), tokenizer=str(checkpoint), dtype="float32", max_model_len=max_len, seed=seed,
-               enforce_eager=True, disable_log_stats=True)
+               enforce_eager=True, disable_log_stats=True,
+               worker_extension_cls="pretraining.evaluate.CheckpointReloader")
 
 
 def load_weights(llm, checkpoint: str) -> None:
     """Reload ``checkpoint``'s weights into a running engine in place (same architecture and tokenizer)
     and drop cached prefixes computed with the old weights."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_path": str(checkpoint)})
+    llm.collective_rpc("reload_checkpoint", args=(str(Path(checkpoint).resolve()),))
     llm.reset_prefix_cache()
 
 
@@ -73,7 +86,9 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
     greedy = _verify_all([o.outputs[0].text for o in greedy_out], golds)
     samples: list[list[bool]] = [[] for _ in problems]
     if k > 0:
-        sp = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        # no per-request seed: vLLM's CPU sampler fails on it ('CPU Generator does not use offset'); the
+        # engine seed (make_llm) makes sampling reproducible
+        sp = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
         outs = llm.generate(prompts, sp, use_tqdm=False)
         flat = _verify_all([c.text for o in outs for c in o.outputs], [g for o, g in zip(outs, golds) for _ in o.outputs])
         for i, o in enumerate(outs):

@@ -31,11 +31,12 @@ def _config(cls, name: str, overrides: dict[str, Any]):
 def run_pipeline(out_dir: str | Path, *, seed: int = 0, pretrain: dict[str, Any] | None = None,
                  sft: dict[str, Any] | None = None, dpo: dict[str, Any] | None = None, eval_n: int = 200,
                  eval_k: int = 4, eval_max_tokens: int = 160, stage2_seeds: int = 1,
-                 report: Callable[[str], None] = print) -> dict[str, Any]:
+                 base_checkpoint: str | None = None, report: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole pipeline into ``out_dir``; ``pretrain``/``sft``/``dpo`` are nested config overrides.
 
     Returns ``{"checkpoints": {"tokenizer", "base", "sft", "dpo"}, "accuracy": {"base", "sft", "dpo"}
-    (each an :func:`pretraining.evaluate.evaluate` dict), "seconds": {...}}``. ``eval_n=0`` skips evaluation.
+    (each an :func:`pretraining.evaluate.evaluate` dict), "seconds": {...}}``. ``eval_n=0`` skips evaluation;
+    ``base_checkpoint`` skips pretraining and starts SFT from that checkpoint.
     """
     from pretraining.config import DPOConfig, PretrainConfig, SFTConfig
     from pretraining.dpo import run_dpo
@@ -65,13 +66,16 @@ def run_pipeline(out_dir: str | Path, *, seed: int = 0, pretrain: dict[str, Any]
 
     # ---- pretraining (tokenizer + 2 stages)
     pcfg = _config(PretrainConfig, "pretrain_tiny.yaml", {"out_dir": str(out / "pretrain"), "seed": seed} | (pretrain or {}))
-    t = time.perf_counter()
-    pre = run_pretrain(pcfg)
-    base = pre["final"]
-    if stage2_seeds > 1:
-        base = _ensemble_stage2(pcfg, pre, stage2_seeds, out, merge_checkpoints)
-    seconds["pretrain"] = time.perf_counter() - t
-    report(f"[pipeline] pretraining done in {seconds['pretrain']:.0f}s, final loss {pre['history'][-1]['loss']:.3f}")
+    if base_checkpoint is None:
+        t = time.perf_counter()
+        pre = run_pretrain(pcfg)
+        base = pre["final"]
+        if stage2_seeds > 1:
+            base = _ensemble_stage2(pcfg, pre, stage2_seeds, out, merge_checkpoints)
+        seconds["pretrain"] = time.perf_counter() - t
+        report(f"[pipeline] pretraining done in {seconds['pretrain']:.0f}s, final loss {pre['history'][-1]['loss']:.3f}")
+    else:
+        base = str(base_checkpoint)
     measure("base", base)
 
     # ---- SFT
@@ -96,7 +100,7 @@ def run_pipeline(out_dir: str | Path, *, seed: int = 0, pretrain: dict[str, Any]
         del llm
     seconds["total"] = time.perf_counter() - t_all
     report(f"[pipeline] total {seconds['total']:.0f}s")
-    return {"checkpoints": {"tokenizer": str(Path(pcfg.out_dir) / "tokenizer"), "base": base, "sft": s["final"],
+    return {"checkpoints": {"tokenizer": str(Path(base)), "base": base, "sft": s["final"],
                             "dpo": d["final"]},
             "accuracy": acc, "seconds": seconds}
 

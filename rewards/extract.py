@@ -1,7 +1,7 @@
 """Answer extraction: find the final answer in a model completion.
 
 Precedence: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces); else the last marked answer
-line ("final answer is ...", GSM8K ``#### ...``, ``Answer: ...``), with inline math (``$...$``,
+line ("final answer is ...", "the answer is ...", GSM8K ``#### ...``, ``Answer: ...``), with inline math (``$...$``,
 ``\\(...\\)``, ``\\[...\\]``) inside it unwrapped; else, only when asked, the last number.
 All scanning is linear in the completion length (no backtracking-prone regexes).
 """
@@ -19,7 +19,7 @@ class Extraction(NamedTuple):
 
 
 _MARKERS = [
-    ("final_answer", re.compile(r"final answer(?: is|:)?\s*(?::\s*)?", re.IGNORECASE)),
+    ("final_answer", re.compile(r"final answer(?: is|:)?\s*(?::\s*)?|(?<![a-z])the answer is\s*:?\s*", re.IGNORECASE)),
     ("gsm8k", re.compile(r"####\s*")),
     ("answer_line", re.compile(r"(?<![a-z])answer\s*(?:is\s*)?:\s*", re.IGNORECASE)),
 ]

@@ -35,7 +35,7 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: str = "runs/tiny/sft"
+    model: str = "runs/dpo/final"
     """Hugging Face checkpoint folder (or hub id) the workers serve."""
     served_model_name: str | None = None
     """Name clients use in ``model`` (OpenAI API); defaults to the checkpoint folder's name."""

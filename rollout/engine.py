@@ -52,7 +52,7 @@ class SyncRecord:
     stall_s: float
     """Time generation was paused."""
     in_flight: int
-    """Sequences that were in flight (and kept their KV cache unless re-prefilled)."""
+    """Engine requests in flight (a group without re-prefill is one request of ``n`` sequences)."""
     reprefilled: int = 0
     stage_s: float = 0.0
     """Part of ``sync_s`` before the pause (validation, staging the tensors in shared memory)."""
@@ -70,6 +70,8 @@ class _Seq:
     kv_version: int
     """Version of the weights its KV cache was (last) prefilled with."""
     reprefill: bool = False
+    can_reprefill: bool = True
+    """False for a request that carries all ``n`` samples of a group (fast path, cache always kept)."""
 
 
 @dataclass
@@ -259,19 +261,55 @@ class RolloutEngine:
         return list(prompt_ids or []), sample
 
     async def generate_group(self, prompt: dict, sampling: SamplingConfig | dict | None = None) -> dict:
-        """``n`` samples for one prompt dict; returns ``Group.to_dict()``."""
+        """``n`` samples for one prompt dict; returns ``Group.to_dict()``.
+
+        Without re-prefill the group is one engine request with ``n`` samples (vLLM's parallel
+        sampling: one prompt prefill, ~10-25% more tokens/s than ``n`` separate requests); with
+        ``reprefill_after_versions`` set, each sample is its own request so it can be re-prefilled alone.
+        """
         s = to_sampling_config(sampling)
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(self.generate_sample(prompt, s, i) for i in range(s.n)))
-        prompt_ids = results[0][0]
+        if self.cfg.reprefill_after_versions is None:
+            prompt_ids, samples = await self._generate_fanout(prompt, s)
+        else:
+            results = await asyncio.gather(*(self.generate_sample(prompt, s, i) for i in range(s.n)))
+            prompt_ids, samples = results[0][0], [smp for _, smp in results]
         group = Group(
             group_id=str(prompt.get("prompt_id", uuid.uuid4().hex)), prompt_token_ids=prompt_ids,
-            samples=[smp for _, smp in results], prompt=prompt.get("text", "") or "",
+            samples=samples, prompt=prompt.get("text", "") or "",
             gold=str(prompt.get("gold", "") or ""), stage=int(prompt.get("stage", 0) or 0),
             meta={"worker": self.worker_id, "generation_s": time.perf_counter() - t0},
         )
         self.stats.groups += 1
         return group.to_dict()
+
+    async def _generate_fanout(self, prompt: dict, s: SamplingConfig) -> tuple[list[int], list[Sample]]:
+        t0 = time.perf_counter()
+        await self._resumed.wait()
+        rid = f"{self.worker_id}-{prompt.get('prompt_id', 'p')}-g{uuid.uuid4().hex[:8]}"
+        seq = _Seq(rid, self.version, can_reprefill=False)
+        params = self._params(s, 0, s.max_tokens)
+        params.n = s.n
+        params.seed = s.seed  # vLLM gives sample i the seed + i, as generate_sample does
+        self._track(rid, seq)
+        final = None
+        try:
+            async for out in self.llm.generate(self._engine_prompt(prompt), params, request_id=rid):
+                final = out
+        finally:
+            self._track(rid, None)
+        if final is None:
+            raise RuntimeError(f"{self.worker_id}: request {rid} ended without output")
+        samples = []
+        for c in sorted(final.outputs, key=lambda c: c.index):
+            samples.append(Sample(
+                completion_token_ids=list(c.token_ids),
+                logprobs=[float(lp[t].logprob) for lp, t in zip(c.logprobs or [], c.token_ids)],
+                versions=_expand_versions(c.weight_versions, len(c.token_ids), seq.kv_version),
+                finish_reason=c.finish_reason or "abort", text=c.text, generation_s=time.perf_counter() - t0))
+            self.stats.tokens += len(c.token_ids)
+        self.stats.samples += len(samples)
+        return list(final.prompt_token_ids or []), samples
 
     async def stream_completion(self, prompt: dict, params: dict) -> AsyncIterator[dict]:
         """Stream one request's deltas (for the OpenAI-compatible API): dicts with ``index``,
@@ -392,7 +430,7 @@ class RolloutEngine:
         k = self.cfg.reprefill_after_versions
         if k is None:
             return []
-        stale = [s for s in self._seqs.values() if new_version - s.kv_version >= k]
+        stale = [s for s in self._seqs.values() if s.can_reprefill and new_version - s.kv_version >= k]
         for s in stale:
             s.reprefill = True
         return stale

@@ -86,6 +86,7 @@ class ServiceMetrics:
         self.timeouts = Counter("reward_timeouts_total", "Items that hit the hard time limit", registry=self.registry)
         self.cache = Counter("reward_cache_lookups_total", "Verdict cache lookups", ["result"], registry=self.registry)
         self.errors = Counter("reward_request_errors_total", "Refused requests", ["api", "kind"], registry=self.registry)
+        self.in_flight = Gauge("reward_requests_in_flight", "Verify requests being processed", registry=self.registry)
         restarts = Gauge("reward_pool_restarts", "Verifier worker processes killed or died and replaced",
                          registry=self.registry)
         restarts.set_function(pool_restarts)
@@ -213,11 +214,15 @@ class RewardService:
 
     def verify(self, items: list[dict[str, Any]], options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """One result dict per item (``id, correct, status, extracted, reason, reward, parts, latency_ms, cached``)."""
+        self.check_items(items)
+        cfg = self.reward_config(options)
+        with self.metrics.in_flight.track_inprogress():
+            return self._verify(items, cfg)
+
+    def _verify(self, items: list[dict[str, Any]], cfg: RewardConfig) -> list[dict[str, Any]]:
         from rewards.shaping import score_batch
         from rewards.verifier import VERIFIER_VERSION
 
-        self.check_items(items)
-        cfg = self.reward_config(options)
         cfg_json = cfg.model_dump_json()
         keys = [_cache_key(it, cfg_json, VERIFIER_VERSION) for it in items]
         cached = self._cache_get(keys) if self._redis is not None else [None] * len(items)

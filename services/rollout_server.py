@@ -34,7 +34,7 @@ class RolloutServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: str | None = None
-    """Checkpoint to serve (overrides ``rollout.model``): ``flywheel serve-rollout --model runs/tiny/sft``."""
+    """Checkpoint to serve (overrides ``rollout.model``): ``flywheel serve-rollout --model runs/dpo/final``."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     """The workers: how many, engine sizes, weight transport."""
     host: str = "127.0.0.1"

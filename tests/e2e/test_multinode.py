@@ -7,7 +7,8 @@ landed on the nodes the config pins them to:
     second node : rollout_node  -> rollout.resources_per_worker: {rollout_node: 1}
 
 The same keys place them on a real cluster (configs/grpo_cluster.yaml with deploy/k8s/raycluster.yaml
-or deploy/ray-cluster.yaml). The cluster is stopped by ending exactly the processes it started (found by
+or deploy/ray-cluster.yaml). Marked ``slow`` (run with ``-m slow``): two ``ray start``s plus the job take
+minutes on two cores. The cluster is stopped by ending exactly the processes it started (found by
 their unique temp dirs): ``ray stop`` would also stop other Ray clusters on the machine.
 """
 
@@ -29,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 EXCLUDES = [".venv", ".venv/**", ".git", "runs", "outputs", "checkpoints", "**/__pycache__", "*.egg-info",
             ".pytest_cache", ".hypothesis", ".whl", ".ci"]
+pytestmark = pytest.mark.slow
+
 PIN = ["--resources.learner_custom", "{learner_node: 1}", "--rollout.resources_per_worker", "{rollout_node: 1}"]
 """Overrides of configs/grpo_test.yaml that pin each role to its node, as configs/grpo_cluster.yaml does."""
 
@@ -75,7 +78,7 @@ def two_node_cluster():
     head_tmp = Path("/tmp") / f"fwmnh{os.getpid()}"  # short: Ray's socket paths have a length limit
     node_tmp = Path("/tmp") / f"fwmnw{os.getpid()}"
     gcs, dash = _free_port(), _free_port()
-    # RAY_AUTH_MODE explicit for every process: with it unset, Ray >= 2.5x turns token auth on for a head
+    # RAY_AUTH_MODE explicit for every process: with it unset, Ray 2.60 turns token auth on for a head
     # when ~/.ray/auth_token exists but not for a joining `ray start --address`, which is then refused.
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
@@ -176,7 +179,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_qwen3(tmp_path_factory.mktemp("model") / "tiny-qwen3")
 
 
-@pytest.mark.slow
 def test_grpo_job_on_two_nodes_places_learner_and_rollout_workers_as_configured(two_node_cluster, tiny_model,
                                                                                 tmp_path):
     out = tmp_path / "grpo"

@@ -102,4 +102,4 @@ def test_rollout_server_answers_its_probes_with_the_manifest_command(tmp_path):
     container = _deployment("rollout-server.yaml")["spec"]["template"]["spec"]["containers"][0]
     # CPU here: no GPU per worker, a small KV cache; the rest (config file, probes) as in the manifest
     _run_and_probe(container, {"model": str(model), "rollout.num_gpus_per_worker": "0",
-                               "rollout.kv_cache_gib": "0.5", "rollout.max_model_len": "256"}, timeout=300)
+                               "rollout.kv_cache_gib": "1", "rollout.max_model_len": "256"}, timeout=600)

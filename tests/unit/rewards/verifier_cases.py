@@ -158,6 +158,7 @@ EXTRACTION_CASES: list[tuple[str, str, str | None]] = [
     ("#### 1,000", "1000", "1,000"),
     ("Answer: \\(x = 2\\)", "2", "x = 2"),
     ("Answer: $\\frac{3}{4}$", "0.75", "\\frac{3}{4}"),
+    ("So she pays 3 * 6 = 18 dollars. The answer is 18.", "18", "18"),
     ("I think it is 12 but not sure", "12", None),
     ("", "1", None),
 ]
