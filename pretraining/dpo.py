@@ -79,8 +79,6 @@ def pair_rows(cfg: DPOConfig, tokenizer) -> tuple[list, list]:
 
 
 def _collate_pairs(chosen: list, rejected: list, idx: list[int], ref) -> dict:
-    import torch
-
     from pretraining.packing import collate
 
     b = collate([chosen[i] for i in idx] + [rejected[i] for i in idx], packed=False)

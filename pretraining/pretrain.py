@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 def tokenizer_for(cfg: PretrainConfig, run_dir: Path):
     """Load ``cfg.tokenizer.path`` or train a BPE on stage-1 documents plus chat-formatted examples."""
-    from pretraining.chat import CHAT_TEMPLATE  # noqa: F401  (the template ships with the tokenizer)
     from pretraining.data import mixture_documents, sft_conversations
     from pretraining.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from pretraining.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, PAD, SPECIAL_TOKENS
+from pretraining.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, SPECIAL_TOKENS
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2):
     """Train a byte-level BPE (digits split) on ``texts``; returns a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs at least {256 + len(SPECIAL_TOKENS)}")

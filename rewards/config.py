@@ -29,6 +29,8 @@ class VerifyConfig(BaseModel):
     """Maximum nesting depth of braces/brackets/parentheses in an answer before parsing."""
     max_exponent: int = Field(1_000, ge=1, le=10**6)
     """Largest absolute exponent (of integer powers, scientific notation, factorial argument) allowed."""
+    max_integer_bits: int = Field(2**28, ge=1024, le=2**34)
+    """Largest exact power a parsed answer may build (bits of ``a^n`` for rational ``a``; 2^28 bits = 32 MiB)."""
     max_power_tower: int = Field(3, ge=1, le=10)
     """Longest chain of powers allowed (``a^b`` is 1, ``a^{b^{c}}`` is 2); taller ones are refused, not evaluated."""
     num_workers: int = Field(2, ge=1, le=256)

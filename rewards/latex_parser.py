@@ -194,6 +194,10 @@ class _Parser:
                 raise LimitExceeded(f"exponent exceeds max_exponent={self.cfg.max_exponent}")
         elif exp.is_Integer and abs(exp) > self.cfg.max_exponent:
             raise LimitExceeded(f"exponent {exp} exceeds max_exponent={self.cfg.max_exponent}")
+        if base.is_Rational and exp.is_Integer:  # exact power: bound the size of the result
+            bits = max(int(base.p).bit_length(), int(base.q).bit_length()) * abs(int(exp))
+            if bits > self.cfg.max_integer_bits:
+                raise LimitExceeded(f"power would have ~{bits} bits (max_integer_bits={self.cfg.max_integer_bits})")
         return sympy.Pow(base, exp)
 
     def postfix(self) -> sympy.Expr:

@@ -140,6 +140,7 @@ class RolloutEngine:
         self._seqs: dict[str, _Seq] = {}
         self._busy_since = 0.0
         self._sync_lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._expected = checkpoint_tensor_shapes(cfg.model) if Path(cfg.model).is_dir() else {}
@@ -148,8 +149,12 @@ class RolloutEngine:
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        if self._llm is not None:
-            return
+        """Build the engine once (concurrent callers wait for the first)."""
+        async with self._start_lock:
+            if self._llm is None:
+                await self._start()
+
+    async def _start(self) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cfg.kv_cache_gib))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -154,6 +154,8 @@ class GRPOJob:
         if self.publish_refs:  # never pile updates up: the previous one must have landed
             ray.get(self.publish_refs)
         weights = self.learner.publish_weights()  # stays in the object store; workers fetch it
+        if self.tied_embeddings:  # vLLM has no lm_head parameter to load when it is tied to the embeddings
+            weights = _drop_tied_lm_head.remote(weights)
         self.publish_refs = [w.load_weights.remote(version, weights) for w in self.workers]
         if wait:
             ray.get(self.publish_refs)
@@ -192,6 +194,7 @@ class GRPOJob:
         self.learner_pg, self.rollout_pg = self._placement_groups()
         self.learner = self._start_learner(self._resume_dir())
         self.tokenizer = load_tokenizer(c.model)
+        self.tied_embeddings = _tied_embeddings(c.model)
         self.experience = self._start_experience()
         self.sink = ray.remote(num_cpus=0)(ScoringSink).remote(
             self.experience.sink, stage_reward(c, self.progress.stage).model_dump(),
@@ -382,7 +385,9 @@ class GRPOJob:
         t0 = time.perf_counter()
         result: dict[str, Any] = {"label": label, "stage": s, "version": self.progress.version,
                                   "global_step": self.progress.global_step}
-        modes = [("avg", SamplingConfig(n=ev.k, temperature=ev.temperature, max_tokens=max_tokens, seed=ev.seed))]
+        # no per-request seed: vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a
+        # seeded request is chunk-prefilled, which a 200-prompt evaluation batch triggers
+        modes = [("avg", SamplingConfig(n=ev.k, temperature=ev.temperature, max_tokens=max_tokens))]
         if ev.greedy:
             modes.append(("greedy", SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)))
         for mode, sampling in modes:
@@ -414,6 +419,35 @@ class GRPOJob:
 
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s", path)
+
+
+def _tied_embeddings(checkpoint: str) -> bool:
+    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    return bool(cfg.get("tie_word_embeddings", False))
+
+
+def _drop_tied_lm_head_fn(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k != "lm_head.weight"}
+
+
+def _remote(fn):
+    import ray
+
+    return ray.remote(num_cpus=0)(fn)
+
+
+class _LazyRemote:
+    """A Ray task defined on first use (importing this module must not import ray)."""
+
+    def __init__(self, fn):
+        self.fn, self.task = fn, None
+
+    def remote(self, *args):
+        self.task = self.task or _remote(self.fn)
+        return self.task.remote(*args)
+
+
+_drop_tied_lm_head = _LazyRemote(_drop_tied_lm_head_fn)
 
 
 def main(cfg: GRPOJobConfig) -> int:

@@ -123,7 +123,7 @@ class EvalSettings(BaseModel):
     max_response_tokens: int | None = Field(None, ge=1)
     """Completion budget; None = the stage's ``max_response_tokens``."""
     seed: int = 1234
-    """Seed of the held-out problem generator and of sampling."""
+    """Seed of the held-out problem generator (the same problems as `flywheel eval` with this seed)."""
 
 
 class CheckpointSettings(BaseModel):

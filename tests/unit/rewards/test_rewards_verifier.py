@@ -65,11 +65,12 @@ def test_oversized_completion_is_an_error():
 
 
 @pytest.mark.parametrize("answer", ["5^{5^{5^{5}}}", "10^{10^{10}}", "9999!", "2^{100000}",
-                                    "(" * 200 + "1" + ")" * 200, "x^{99999}"])
+                                    "(" * 200 + "1" + ")" * 200, "x^{99999}",
+                                    "((2^{1000})^{1000})^{1000}"])
 def test_caps_refuse_pathological_answers(answer):
-    v = verify(f"\\boxed{{{answer}}}", "5")
+    v = verify(f"\\boxed{{{answer}}}", "5", RELAXED)
     assert v.status == "wrong" and not v.correct
-    assert "refused" in v.reason or "longer than" in v.reason or "different" in v.reason
+    assert "refused" in v.reason or "different" in v.reason
 
 
 def test_timeout_kills_the_worker_and_the_pool_recovers():
