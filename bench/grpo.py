@@ -74,8 +74,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_grpo")
     args = p.parse_args()
 
+    import logging
+
     import ray
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})

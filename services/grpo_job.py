@@ -301,7 +301,7 @@ class GRPOJob:
         bar = tqdm(total=stage.steps, initial=p.step_in_stage, desc=stage_name(c, s), disable=not c.progress_bar,
                    dynamic_ncols=True, file=sys.stderr)
         batch: list[dict[str, Any]] = []
-        drawn = dropped = 0
+        drawn = dropped = drawn_samples = drawn_correct = 0
         rollout_tokens = 0
         t_step = time.perf_counter()
         wait_s = 0.0
@@ -327,6 +327,8 @@ class GRPOJob:
                 while self.buffer and len(batch) < stage.prompts_per_step:
                     g = self.buffer.pop(0)
                     drawn += 1
+                    drawn_samples += len(g["samples"])
+                    drawn_correct += sum(bool(x["correct"]) for x in g["samples"])
                     if c.dynamic_sampling and is_zero_variance(g) and \
                             drawn <= c.max_draws_per_step * stage.prompts_per_step:
                         dropped += 1
@@ -343,12 +345,12 @@ class GRPOJob:
                 row = self.report.step(
                     s, p, batch, metrics, version=version, dropped=dropped, elapsed=elapsed, sync_s=sync_s,
                     rollout_tokens=rollout_tokens, learner_wait_s=wait_s, in_flight=len(in_flight),
-                    rollout_idle_share=idle_share,
+                    rollout_idle_share=idle_share, rollout_accuracy=drawn_correct / max(drawn_samples, 1),
                     worker_stats=ray.get([w.stats.remote() for w in self.workers]) if c.worker_stats else None)
                 p.record_step(row["reward_mean"], version)
                 p.data_position = cursor.position
                 bar.update(1)
-                batch, drawn, dropped, rollout_tokens, wait_s = [], 0, 0, 0, 0.0
+                batch, drawn, dropped, drawn_samples, drawn_correct, rollout_tokens, wait_s = [], 0, 0, 0, 0, 0, 0.0
                 t_step = now
                 self.steps_this_run += 1
                 reason = stage_stop_reason(p.step_in_stage, stage.steps, p.stage_rewards,

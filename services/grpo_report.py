@@ -46,7 +46,8 @@ def format_step_line(r: dict[str, Any]) -> str:
     stale = ",".join(f"{k}:{v}" for k, v in (r.get("staleness_histogram") or {}).items())
     idle = f" idle {r['rollout_idle_share']:.0%}" if r.get("rollout_idle_share") is not None else ""
     return (f"[{r['stage_name']}] step {r['step_in_stage']}/{r['stage_steps']} (v{r['version']}) "
-            f"reward {r['reward_mean']:.3f} acc {r['accuracy']:.3f} len {r['response_len_mean']:.1f} "
+            f"reward {r['reward_mean']:.3f} acc {r['accuracy']:.3f} (all drawn {r.get('rollout_accuracy', 0.0):.3f}) "
+            f"len {r['response_len_mean']:.1f} "
             f"| loss {r.get('loss', 0.0):.4f} clip {r.get('clip_fraction', 0.0):.3f} kl {r.get('kl', 0.0):.4f} "
             f"ent {r.get('entropy', 0.0):.3f} | stale {{{stale}}} drop0var {r['dropped_zero_variance']} "
             f"| roll {r['rollout_tokens_per_s']:.0f} tok/s train {r.get('train_tokens_per_s', 0.0):.0f} tok/s "
@@ -64,7 +65,7 @@ class StepReport:
 
     def step(self, s: int, progress, batch: list[dict[str, Any]], metrics: dict[str, Any], *, version: int,
              dropped: int, elapsed: float, sync_s: float, rollout_tokens: int, learner_wait_s: float,
-             in_flight: int, rollout_idle_share: float,
+             in_flight: int, rollout_idle_share: float, rollout_accuracy: float,
              worker_stats: list[dict[str, Any]] | None) -> dict[str, Any]:
         from services.job_config import stage_name
 
@@ -77,6 +78,7 @@ class StepReport:
             "dropped_zero_variance": dropped, "weight_sync_s": sync_s, "step_s": elapsed,
             "rollout_tokens_per_s": rollout_tokens / max(elapsed, 1e-9), "learner_wait_s": learner_wait_s,
             "in_flight": in_flight, "rollout_idle_share": rollout_idle_share,
+            "rollout_accuracy": rollout_accuracy,
         }
         if worker_stats:
             stalls = [w["last_stall_s"] for w in worker_stats if w.get("last_stall_s") is not None]
@@ -102,7 +104,8 @@ class StepReport:
 
 
 def write_plots(out: Path, rows: list[dict[str, Any]], evals: list[dict[str, Any]], names: list[str]) -> list[Path]:
-    """``reward.png`` (batch reward and accuracy per step, one colour per stage) and ``accuracy.png``
+    """``reward.png`` (reward of the trained batch, after dynamic sampling, and accuracy over every group
+    drawn, before it, per step and stage) and ``accuracy.png``
     (held-out accuracy at the start and after every stage)."""
     import matplotlib
 
@@ -115,7 +118,8 @@ def write_plots(out: Path, rows: list[dict[str, Any]], evals: list[dict[str, Any
         pts = [r for r in rows if r["stage"] == s]
         if pts:
             ax.plot([r["global_step"] for r in pts], [r["reward_mean"] for r in pts], label=f"{name} reward")
-            ax.plot([r["global_step"] for r in pts], [r["accuracy"] for r in pts], "--", label=f"{name} accuracy")
+            ax.plot([r["global_step"] for r in pts], [r.get("rollout_accuracy", r["accuracy"]) for r in pts], "--",
+                    label=f"{name} accuracy (all drawn groups)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("batch mean")
     ax.set_title("GRPO training reward per stage")
