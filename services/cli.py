@@ -44,9 +44,11 @@ COMMANDS: dict[str, Command] = {
                     "services.job_config:GRPOJobConfig", "services.grpo_job:main", 6,
                     "configs/grpo_tiny.yaml"),
     "serve-reward": Command("reward verifier microservice (HTTP + gRPC)",
-                            "services.reward_server:RewardServerConfig", "services.reward_server:main", 3),
+                            "services.reward_server:RewardServerConfig", "services.reward_server:main", 3,
+                            "configs/serve_reward.yaml"),
     "serve-rollout": Command("rollout service API (OpenAI-compatible HTTP + gRPC) over vLLM workers",
-                             "services.rollout_server:RolloutServerConfig", "services.rollout_server:main", 5),
+                             "services.rollout_server:RolloutServerConfig", "services.rollout_server:main", 5,
+                             "configs/serve_rollout.yaml"),
     "demo": Command("the embedded default end to end: tokenizer -> pretrain -> SFT -> DPO -> GRPO -> report",
                     "services.demo:DemoConfig", "services.demo:main", 7, "configs/demo.yaml"),
 }

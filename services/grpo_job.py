@@ -26,6 +26,7 @@ Per-step lines go to the log, every metric to ``<output_dir>/metrics.jsonl``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -155,7 +156,7 @@ class GRPOJob:
             ray.get(self.publish_refs)
         weights = self.learner.publish_weights()  # stays in the object store; workers fetch it
         if self.tied_embeddings:  # vLLM has no lm_head parameter to load when it is tied to the embeddings
-            weights = _drop_tied_lm_head.remote(weights)
+            weights = _drop_tied_lm_head_task().remote(weights)  # in the object store, not via the driver
         self.publish_refs = [w.load_weights.remote(version, weights) for w in self.workers]
         if wait:
             ray.get(self.publish_refs)
@@ -432,24 +433,12 @@ def _drop_tied_lm_head_fn(state: dict) -> dict:
     return {k: v for k, v in state.items() if k != "lm_head.weight"}
 
 
-def _remote(fn):
+@functools.cache
+def _drop_tied_lm_head_task():
+    """The Ray task (defined on first use: importing this module must not import ray)."""
     import ray
 
-    return ray.remote(num_cpus=0)(fn)
-
-
-class _LazyRemote:
-    """A Ray task defined on first use (importing this module must not import ray)."""
-
-    def __init__(self, fn):
-        self.fn, self.task = fn, None
-
-    def remote(self, *args):
-        self.task = self.task or _remote(self.fn)
-        return self.task.remote(*args)
-
-
-_drop_tied_lm_head = _LazyRemote(_drop_tied_lm_head_fn)
+    return ray.remote(num_cpus=0)(_drop_tied_lm_head_fn)
 
 
 def main(cfg: GRPOJobConfig) -> int:
