@@ -1,6 +1,6 @@
 """Benchmark: asynchronous in-flight GRPO vs synchronous on-policy GRPO, same checkpoint, same samples.
 
-    .venv/bin/python bench/grpo.py --model runs/pretraining/dpo --steps 12
+    .venv/bin/python bench/grpo.py --model runs/dpo/final --steps 12
 
 Runs the GRPO job twice in one process on one local Ray (same tiny checkpoint, same single stage, same
 number of optimizer steps x prompts x samples): ``loss.max_staleness = --staleness`` (async, in-flight

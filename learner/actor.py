@@ -224,7 +224,6 @@ class LearnerWorker:
     def train_step(self, groups: list) -> dict[str, Any]:
         """One batch of groups -> one or more optimizer steps; returns metrics (same on every rank)."""
         import torch
-        import torch.distributed as dist
 
         from learner.batching import collate, sequences_from_groups, shard_steps
         from learner.losses import Normalizer, grpo_loss

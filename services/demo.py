@@ -59,7 +59,7 @@ def _pretraining(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         log.info("phase 1/3: pretraining pipeline: reusing %s", marker.parent)
         return json.loads(marker.read_text())
     log.info("phase 1/3: pretraining pipeline: tokenizer -> pretrain (2 stages) -> SFT -> DPO")
-    over = dict(cfg.pretraining)
+    over = _stringify_keys(dict(cfg.pretraining))
     result = run_pipeline(out / "pretraining", seed=cfg.seed, pretrain=over.pop("pretrain", None),
                           sft=over.pop("sft", None), dpo=over.pop("dpo", None), eval_n=cfg.eval_n,
                           eval_k=cfg.eval_k, eval_max_tokens=cfg.eval_max_tokens, report=log.info, **over)

@@ -165,7 +165,6 @@ class GRPOJob:
 
     # ---- the run ------------------------------------------------------------------------------------
     def run(self) -> int:
-        import ray
 
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)

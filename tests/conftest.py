@@ -3,11 +3,14 @@
 - ``gpu`` tests skip (with the reason) when no CUDA device is visible.
 - ``redis_url``: a real ``redis-server`` on a free loopback port for the whole session.
 - ``free_port()``: a free TCP port on 127.0.0.1.
+- ``stop_processes_under(temp_dirs)``: end the processes (and children) of a Ray cluster started with
+  ``--temp-dir`` in one of ``temp_dirs`` (``ray stop`` would stop every cluster on the machine).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -23,6 +26,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_processes_under(temp_dirs: list[Path]) -> None:
+    """SIGTERM (then SIGKILL after 15 s) the processes whose command line names one of ``temp_dirs``."""
+    import psutil
+
+    keys = [str(t) for t in temp_dirs]
+    me = psutil.Process()
+    spare = {me.pid} | {p.pid for p in me.parents()}  # never this test process or its ancestors
+    procs = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid not in spare and any(k in part for part in (p.info["cmdline"] or []) for k in keys):
+                for q in [p, *p.children(recursive=True)]:
+                    if q.pid not in spare:
+                        procs[q.pid] = q
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in procs.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _cuda_available() -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,52 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_processes_under
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 EXCLUDES = [".venv", ".venv/**", ".git", "runs", "outputs", "checkpoints", "**/__pycache__", "*.egg-info",
             ".pytest_cache", ".hypothesis", ".whl", ".ci"]
-
-
-def _cluster_pids(temp_dir: Path) -> list[int]:
-    """PIDs of the processes of the cluster whose ``--temp-dir`` is ``temp_dir`` (ours only)."""
-    import psutil
-
-    key = str(temp_dir)
-    pids = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(key in part for part in (p.info["cmdline"] or [])):
-                pids.append(p.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
-
-
-def _stop_cluster(temp_dir: Path) -> None:
-    import psutil
-
-    pids = [p for p in _cluster_pids(temp_dir) if p != os.getpid()]
-    procs = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            procs.extend(proc.children(recursive=True))
-            procs.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +60,7 @@ def ray_cluster(tmp_path_factory):
         assert start.returncode == 0, start.stdout + start.stderr
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "temp_dir": temp_dir}
     finally:
-        _stop_cluster(temp_dir)
+        stop_processes_under([temp_dir])
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)

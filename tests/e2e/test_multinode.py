@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port, stop_processes_under
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -36,48 +36,12 @@ PIN = ["--resources.learner_custom", "{learner_node: 1}", "--rollout.resources_p
 """Overrides of configs/grpo_test.yaml that pin each role to its node, as configs/grpo_cluster.yaml does."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_processes_under(temp_dirs: list[Path]) -> None:
-    """End the processes whose command line names one of our temp dirs, and their children."""
-    import psutil
-
-    keys = [str(t) for t in temp_dirs]
-    me = psutil.Process()
-    spare = {me.pid} | {p.pid for p in me.parents()}  # never this test process or its ancestors
-    procs = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if p.pid not in spare and any(k in part for part in (p.info["cmdline"] or []) for k in keys):
-                for q in [p, *p.children(recursive=True)]:
-                    if q.pid not in spare:
-                        procs[q.pid] = q
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    procs = list(procs.values())
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 @pytest.fixture(scope="module")
 def two_node_cluster():
     """Head (2 CPUs, ``learner_node``) and a second node (2 CPUs, ``rollout_node``) on 127.0.0.1."""
     head_tmp = Path("/tmp") / f"fwmnh{os.getpid()}"  # short: Ray's socket paths have a length limit
     node_tmp = Path("/tmp") / f"fwmnw{os.getpid()}"
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     # RAY_AUTH_MODE explicit for every process: with it unset, Ray 2.60 turns token auth on for a head
     # when ~/.ray/auth_token exists but not for a joining `ray start --address`, which is then refused.
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
@@ -96,7 +60,7 @@ def two_node_cluster():
             assert res.returncode == 0, res.stdout + res.stderr
         yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env}
     finally:
-        _stop_processes_under([node_tmp, head_tmp])
+        stop_processes_under([node_tmp, head_tmp])
 
 
 def _state(cluster, resource: str) -> list[dict]:

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import msgpack
-import pytest
 
 from services.config import load_config
 from services.job_config import GRPOJobConfig
