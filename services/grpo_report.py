@@ -103,10 +103,17 @@ class StepReport:
         self._evals.close()
 
 
+def _mean_staleness(histogram: dict[str, int]) -> float:
+    """Mean of a ``{versions_behind: samples}`` histogram (NaN when empty)."""
+    total = sum(histogram.values())
+    return sum(int(k) * v for k, v in histogram.items()) / total if total else float("nan")
+
+
 def write_plots(out: Path, rows: list[dict[str, Any]], evals: list[dict[str, Any]], names: list[str]) -> list[Path]:
     """``reward.png`` (reward of the trained batch, after dynamic sampling, and accuracy over every group
-    drawn, before it, per step and stage) and ``accuracy.png``
-    (held-out accuracy at the start and after every stage)."""
+    drawn, before it, per step and stage), ``length_staleness.png`` (mean response length and mean
+    staleness of the trained samples per step) and ``accuracy.png`` (held-out accuracy at the start and
+    after every stage)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,6 +135,26 @@ def write_plots(out: Path, rows: list[dict[str, Any]], evals: list[dict[str, Any
     paths.append(out / "reward.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+    if rows:  # response length and staleness per step (one colour per stage)
+        fig, (ax_len, ax_stale) = plt.subplots(1, 2, figsize=(10, 4))
+        for s, name in enumerate(names):
+            pts = [r for r in rows if r["stage"] == s]
+            if not pts:
+                continue
+            steps = [r["global_step"] for r in pts]
+            ax_len.plot(steps, [r.get("response_len_mean", float("nan")) for r in pts], marker=".", label=name)
+            ax_stale.plot(steps, [_mean_staleness(r.get("staleness_histogram") or {}) for r in pts], marker=".", label=name)
+        ax_len.set_xlabel("optimizer step")
+        ax_len.set_ylabel("mean response tokens")
+        ax_len.set_title("Response length")
+        ax_stale.set_xlabel("optimizer step")
+        ax_stale.set_ylabel("mean versions behind")
+        ax_stale.set_title("Staleness of trained samples")
+        ax_len.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "length_staleness.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
         labels = [e["label"] for e in evals]
