@@ -122,7 +122,6 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     from pretraining.checkpoint import load_checkpoint
     from pretraining.distributed import close_distributed, init_distributed, shard_model
     from pretraining.metrics import MetricsLogger, plot_loss_curves
-    from pretraining.pretrain import latest_resumable
     from pretraining.trainer import Trainer, export_model
 
     t0 = time.perf_counter()
@@ -161,10 +160,7 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
                       objective=dpo_objective(cfg.beta, cfg.loss), count=lambda b: int(b["ref_chosen"].shape[0]),
                       dist=dist, log_every=cfg.metrics.log_every, name="dpo")
     if cfg.resume:
-        ck = latest_resumable(run_dir)
-        if ck is None:
-            raise FileNotFoundError(f"resume: no resumable checkpoint under {run_dir}")
-        trainer.load_resumable(ck)
+        trainer.resume_latest(run_dir)
 
     def maybe_save(step: int) -> None:
         if cfg.save_every and step % cfg.save_every == 0 and step < total:

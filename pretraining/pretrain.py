@@ -67,14 +67,6 @@ def stage_rows(cfg: PretrainConfig, stage_index: int, tokenizer, n_rows: int) ->
     return rows[:n_rows]
 
 
-def latest_resumable(out_dir: Path) -> Path | None:
-    """The resumable checkpoint with the highest step in ``out_dir`` (or None)."""
-    from pretraining.checkpoint import TRAINING_STATE, read_meta
-
-    found = [(read_meta(p.parent).get("step", -1), p.parent) for p in out_dir.glob(f"*/{TRAINING_STATE}")]
-    return max(found)[1] if found else None
-
-
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train; returns ``{"final": path, "stages": [paths], "history": [...], "seconds": s}``."""
     import torch
@@ -122,11 +114,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                       objective=lambda m, b: lm_loss(m, b, cfg.optim.z_loss), count=lm_count, dist=dist,
                       log_every=cfg.metrics.log_every, name="pretrain")
     if cfg.resume:
-        ck = latest_resumable(run_dir)
-        if ck is None:
-            raise FileNotFoundError(f"resume: no resumable checkpoint (training_state.pt) under {run_dir}")
-        trainer.load_resumable(ck)
-        log.info("resumed from %s at step %d", ck, trainer.step)
+        trainer.resume_latest(run_dir)
 
     stage_paths = []
     for i, stage in enumerate(cfg.stages):

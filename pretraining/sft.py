@@ -68,7 +68,6 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     from pretraining.distributed import close_distributed, init_distributed, shard_model
     from pretraining.metrics import MetricsLogger, plot_loss_curves
     from pretraining.packing import real_token_share
-    from pretraining.pretrain import latest_resumable
     from pretraining.trainer import Trainer, export_model, lm_count, lm_loss
 
     t0 = time.perf_counter()
@@ -96,10 +95,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                       objective=lambda m, b: lm_loss(m, b, cfg.optim.z_loss), count=lm_count, dist=dist,
                       log_every=cfg.metrics.log_every, name="sft")
     if cfg.resume:
-        ck = latest_resumable(run_dir)
-        if ck is None:
-            raise FileNotFoundError(f"resume: no resumable checkpoint under {run_dir}")
-        trainer.load_resumable(ck)
+        trainer.resume_latest(run_dir)
 
     def maybe_save(step: int) -> None:
         if cfg.save_every and step % cfg.save_every == 0 and step < total:

@@ -189,6 +189,15 @@ class Trainer:
                                 data_position=data_position, extra={"history": self.history})
         return path
 
+    def resume_latest(self, run_dir: Path) -> Path:
+        """Load the newest resumable checkpoint under ``run_dir``; a clear error when there is none."""
+        ck = latest_resumable(run_dir)
+        if ck is None:
+            raise FileNotFoundError(f"resume: no resumable checkpoint (training_state.pt) under {run_dir}")
+        self.load_resumable(ck)
+        log.info("resumed from %s at step %d", ck, self.step)
+        return ck
+
     def load_resumable(self, path: str | Path) -> int:
         """Restore weights, optimizer, scheduler, RNG and step from ``path``; returns the data position."""
         from pretraining.checkpoint import load_training_state, set_rng_state
@@ -228,3 +237,11 @@ def export_model(model, tokenizer, path: str | Path, dist=None, meta: dict | Non
         save_checkpoint(plain, tokenizer, path, meta)
     dist.barrier()
     return Path(path)
+
+
+def latest_resumable(out_dir: Path) -> Path | None:
+    """The resumable checkpoint with the highest step in ``out_dir`` (or None)."""
+    from pretraining.checkpoint import TRAINING_STATE, read_meta
+
+    found = [(read_meta(p.parent).get("step", -1), p.parent) for p in out_dir.glob(f"*/{TRAINING_STATE}")]
+    return max(found)[1] if found else None
