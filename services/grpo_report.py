@@ -55,12 +55,16 @@ def format_step_line(r: dict[str, Any]) -> str:
 
 
 class StepReport:
-    """Collects step rows and evaluations; writes ``metrics.jsonl`` and ``eval.jsonl`` under ``out``."""
+    """Collects step rows and evaluations: step rows go through the pluggable
+    ``pretraining.metrics.MetricsLogger`` (``metrics.jsonl`` always, TensorBoard / W&B offline as
+    configured, appending across resumed runs); evaluations to ``eval.jsonl``."""
 
     def __init__(self, out: Path, cfg):
+        from pretraining.metrics import MetricsLogger
+
         self.cfg = cfg
         self.rows: list[dict[str, Any]] = []
-        self._metrics = open(out / "metrics.jsonl", "a")
+        self._metrics = MetricsLogger(out, cfg.metrics_backends, wandb_project=cfg.wandb_project, append=True)
         self._evals = open(out / "eval.jsonl", "a")
 
     def step(self, s: int, progress, batch: list[dict[str, Any]], metrics: dict[str, Any], *, version: int,
@@ -86,8 +90,7 @@ class StepReport:
             row["rollout_version"] = min(w.get("version", -1) for w in worker_stats)
         row["samples_per_s"] = row["samples"] / max(elapsed, 1e-9)
         self.rows.append(row)
-        self._metrics.write(json.dumps(row) + "\n")
-        self._metrics.flush()
+        self._metrics.log(row["global_step"], row)
         if row["global_step"] % self.cfg.log_every == 0:
             log.info(format_step_line(row))
         return row

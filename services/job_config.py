@@ -191,6 +191,11 @@ class GRPOJobConfig(BaseModel):
     on preemptible machines; None = run every stage to the end."""
     log_every: int = Field(1, ge=1)
     """Print the per-step line every N steps (metrics.jsonl gets every step)."""
+    metrics_backends: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
+    """Where step metrics go (``pretraining.metrics.MetricsLogger``): JSONL always, TensorBoard when
+    installed, W&B in offline mode when listed."""
+    wandb_project: str = "flywheel"
+    """W&B project name (offline mode) when ``metrics_backends`` lists wandb."""
     plots: bool = True
     """Write PNG plots of reward and accuracy per stage at the end."""
     progress_bar: bool = True
