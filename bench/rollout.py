@@ -9,7 +9,16 @@ Measures, one after another on the same machine (never two engines at once):
 - (b) bare vLLM ``LLM.generate`` in this process, same engine settings and sampling;
 - (c) transformers ``generate`` (batched, sampling, same number of sequences and new tokens);
 - (a) again while a thread pushes a new weight version every ``--update-every`` seconds: sync
-  latency (whole update) and generation stall (engine paused) per update, and tokens/s vs none.
+  latency (whole update) and generation stall per update, and tokens/s vs none; extra rounds
+  with updates run until ``--min-updates`` updates landed while requests were in flight, then
+  ``--reload-updates`` more with vLLM's ``reload_weights`` path (``prepare_updates: false``) for
+  comparison on the same engine.
+
+Generation stall (the target): how long the model sat idle because of an update, measured in the
+engine process from the end of the last model step before the update to the start of the first
+step after it (``SyncRecord.idle_s``), next to the normal gap between two steps. The caller's
+pause window (pause sent -> resume acknowledged, ``stall_s``) is reported too: it also contains the
+wait for the step that was running when the pause arrived, during which tokens are still produced.
 
 Tokens/s counts completion tokens actually produced (a sample may stop early at EOS) over the
 wall time of the call, best of ``--repeats``. Prints a markdown table and the ratios against the
@@ -53,6 +62,23 @@ class WorkerContender:
         self.ref = ray.put(weights)
         self.version = ray.get(self.w.get_version.remote())
         self.syncs: list[dict] = []
+
+    def set_prepare_updates(self, on: bool) -> None:
+        """Switch the engine between prepare-then-commit and vLLM's reload while paused."""
+        import ray
+
+        def switch(worker, on: bool) -> None:
+            worker.engine.cfg = worker.engine.cfg.model_copy(update={"prepare_updates": on})
+
+        ray.get(self.w.__ray_call__.remote(switch, on))
+
+    def engine_syncs(self) -> tuple[list[dict], float | None]:
+        """Every update's record with the engine-side timings, and the median normal step gap."""
+        import ray
+
+        time.sleep(1.5)  # the engine fills idle_s once the step after each update has started
+        st = ray.get(self.w.stats.remote())
+        return st["syncs"], st["step_gap_s_median"]
 
     def run(self, prompts, sampling, update_every: float | None = None) -> tuple[float, list[dict]]:
         import ray
@@ -144,6 +170,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--update-every", type=float, default=0.5, help="seconds between weight updates")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for every contender")
+    ap.add_argument("--min-updates", type=int, default=20, help="prepared updates to measure (extra rounds)")
+    ap.add_argument("--reload-updates", type=int, default=10,
+                    help="updates through vLLM's reload_weights to measure for comparison (0: none)")
+    ap.add_argument("--skip-baselines", action="store_true", help="only (a) and the weight updates")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -169,58 +199,100 @@ def main() -> None:
     # load from other processes on a shared machine hits every contender alike.
     wa = WorkerContender(cfg, weights)
     wa.run(prompts, sampling)  # warm-up: one full run each
-    vb = VLLMContender(cfg, sampling)
-    vb.run(prompts)
+    vb = None if args.skip_baselines else VLLMContender(cfg, sampling)
+    if vb:
+        vb.run(prompts)
     tps_a, tps_b, tps_u, straddled, samples = [], [], [], 0, 0
     for _ in range(args.repeats):
         tps_a.append(wa.run(prompts, sampling)[0])
-        tps_b.append(vb.run(prompts))
+        if vb:
+            tps_b.append(vb.run(prompts))
         tps, groups = wa.run(prompts, sampling, update_every=args.update_every)
         tps_u.append(tps)
         straddled = sum(1 for g in groups for s in g["samples"] if len(set(s["versions"])) > 1)
         samples = sum(len(g["samples"]) for g in groups)
-    vb.close()
+    if vb:
+        vb.close()
+    # more rounds with updates until enough landed mid-generation, then the reload path on the same engine
+    for _ in range(20):
+        if len(_measured(wa.engine_syncs()[0], prepared=True)) >= args.min_updates:
+            break
+        wa.run(prompts, sampling, update_every=args.update_every)
+    wa.set_prepare_updates(False)
+    for _ in range(20):
+        if len(_measured(wa.engine_syncs()[0], prepared=False)) >= args.reload_updates:
+            break
+        wa.run(prompts, sampling, update_every=args.update_every)
+    syncs, step_gap = wa.engine_syncs()
     wa.close()
     ray.shutdown()
-    c = bench_hf(args, cfg, prompts, sampling)
-    a = {"tps": max(tps_a), "tps_updates": max(tps_u), "syncs": wa.syncs, "straddled": straddled,
-         "samples": samples}
-    b = max(tps_b)
+    c = None if args.skip_baselines else bench_hf(args, cfg, prompts, sampling)
+    a, a_upd = max(tps_a), max(tps_u)
+    b = max(tps_b) if tps_b else None
     paired = [x / y for x, y in zip(tps_a, tps_b)]
     print("per-repeat tokens/s  a:", [round(x) for x in tps_a], " b:", [round(x) for x in tps_b], " a+updates:",
           [round(x) for x in tps_u], " a/b per repeat:", [round(r, 2) for r in paired])
 
-    syncs = a["syncs"]
-    sync_ms = [1000 * s["sync_s"] for s in syncs]
-    stall_ms = [1000 * s["stall_s"] for s in syncs]
-    pause_ms = [1000 * s["pause_s"] for s in syncs]
-    reload_ms = [1000 * s["reload_s"] for s in syncs]
-    res = {"a_over_b_per_repeat": paired, "tokens_per_s": {"worker": a["tps"], "vllm": b, "transformers": c, "worker_with_updates": a["tps_updates"]},
-           "updates": len(syncs), "sync_ms_median": statistics.median(sync_ms) if syncs else None,
-           "sync_ms_max": max(sync_ms, default=None), "stall_ms_median": statistics.median(stall_ms) if syncs else None,
-           "stall_ms_max": max(stall_ms, default=None),
-           "pause_ms_median": statistics.median(pause_ms) if syncs else None,
-           "reload_ms_median": statistics.median(reload_ms) if syncs else None, "samples_straddling_an_update": a["straddled"],
+    fast, slow = _measured(syncs, prepared=True), _measured(syncs, prepared=False)
+    res = {"a_over_b_per_repeat": paired, "load_average": os.getloadavg(),
+           "tokens_per_s": {"worker": a, "vllm": b, "transformers": c, "worker_with_updates": a_upd},
+           "step_gap_ms_median": None if step_gap is None else 1000 * step_gap,
+           "prepared": _summary(fast), "reload": _summary(slow),
+           "samples_straddling_an_update": straddled,
            "workload": f"{args.prompts} prompts x n={args.n} x {args.max_tokens} tokens, {args.threads} threads"}
-    print(f"\nworkload: {res['workload']} ({model})\n")
+    print(f"\nworkload: {res['workload']} ({model}); load average at the end {os.getloadavg()}\n")
     print("| measurement | value |\n| --- | --- |")
-    print(f"| (a) RolloutWorker tokens/s | {a['tps']:.0f} |")
-    print(f"| (b) bare vLLM `LLM.generate` tokens/s | {b:.0f} |")
-    print(f"| (c) transformers `generate` tokens/s | {c:.0f} |")
-    print(f"| (a) / (b) (target >= 0.9), best of each / median of paired repeats | {a['tps'] / b:.2f} / "
-          f"{statistics.median(paired):.2f} |")
-    print(f"| (a) / (c) (target >= 1.5) | {a['tps'] / c:.2f} |")
-    print(f"| (a) with an update every {args.update_every:g} s, tokens/s | {a['tps_updates']:.0f} "
-          f"({a['tps_updates'] / a['tps']:.2f} x no updates) |")
-    if syncs:
-        print(f"| updates during generation | {len(syncs)} ({a['straddled']}/{a['samples']} samples straddle one) |")
-        print(f"| weight-sync latency per update, median / max | {res['sync_ms_median']:.1f} / {res['sync_ms_max']:.1f} ms |")
-        print(f"| generation stall per update, median / max (target < 100 ms) | {res['stall_ms_median']:.1f} / "
-              f"{res['stall_ms_max']:.1f} ms |")
-        print(f"| stall parts, median: waiting for the running step / reloading weights | "
-              f"{res['pause_ms_median']:.1f} / {res['reload_ms_median']:.1f} ms |")
+    print(f"| (a) RolloutWorker tokens/s | {a:.0f} |")
+    if b and c:
+        print(f"| (b) bare vLLM `LLM.generate` tokens/s | {b:.0f} |")
+        print(f"| (c) transformers `generate` tokens/s | {c:.0f} |")
+        print(f"| (a) / (b) (target >= 0.9), best of each / median of paired repeats | {a / b:.2f} / "
+              f"{statistics.median(paired):.2f} |")
+        print(f"| (a) / (c) (target >= 1.5) | {a / c:.2f} |")
+    print(f"| (a) with an update every {args.update_every:g} s, tokens/s | {a_upd:.0f} ({a_upd / a:.2f} x no updates) |")
+    print(f"| samples straddling an update (last repeat) | {straddled}/{samples} |")
+    for label, sm in (("prepared, then committed while paused (default)", res["prepared"]),
+                      ("vLLM `reload_weights` while paused (`prepare_updates: false`)", res["reload"])):
+        if not sm:
+            continue
+        print(f"| **{label}**: updates measured (requests in flight) | {sm['n']} |")
+        print(f"| generation stall = model idle around the update, median / p90 / max (target < 100 ms) | "
+              f"{_fmt(sm['idle_ms'])} |")
+        print(f"| ... of it: commit (or reload) in the engine / commit end -> next step | "
+              f"{_fmt(sm['commit_ms'], 1)} / {_fmt(sm['resume_to_step_ms'], 1)} |")
+        print(f"| caller's pause window (pause sent -> resumed; includes the running step) | {_fmt(sm['stall_ms'])} |")
+        print(f"| ... of it: until the commit/reload was acknowledged (mostly the running step) | "
+              f"{_fmt(sm['pause_ms'], 1)} |")
+        print(f"| prepared before the pause, generation going on (engine thread / as seen by the caller) | "
+              f"{_fmt(sm['prepare_thread_ms'], 1)} / {_fmt(sm['prepare_ms'], 1)} |")
+        print(f"| weight-sync latency per update (stage + prepare + pause window), median / p90 / max | "
+              f"{_fmt(sm['sync_ms'])} |")
+    if step_gap is not None:
+        print(f"| normal gap between two model steps (no update), median | {1000 * step_gap:.1f} ms |")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def _measured(syncs: list[dict], prepared: bool) -> list[dict]:
+    """Updates of one path that landed while requests were in flight and whose idle gap is known."""
+    return [s for s in syncs if s["prepared"] == prepared and s["in_flight"] > 0 and s["idle_s"] is not None]
+
+
+def _summary(syncs: list[dict]) -> dict | None:
+    if not syncs:
+        return None
+    out: dict = {"n": len(syncs)}
+    for key in ("idle", "commit", "resume_to_step", "stall", "pause", "prepare_thread", "prepare", "sync"):
+        xs = sorted(1000 * s[f"{key}_s"] for s in syncs if s.get(f"{key}_s") is not None)
+        out[f"{key}_ms"] = {"median": statistics.median(xs), "p90": xs[round(0.9 * (len(xs) - 1))],
+                            "max": xs[-1]} if xs else None
+    return out
+
+
+def _fmt(d: dict | None, digits: int = 0, keys: tuple[str, ...] = ("median", "p90", "max")) -> str:
+    if not d:
+        return "n/a"
+    return " / ".join(f"{d[k]:.{digits}f}" for k in keys) + " ms"
 
 
 if __name__ == "__main__":

@@ -165,6 +165,10 @@ class LearnerWorker:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM
 
+        from pretraining.checkpoint import check_weights
+
+        check_weights(path)  # transformers would re-initialise a missing tensor at random, silently
+
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.config.use_cache = False
         if trainable and self.cfg.activation_checkpointing:

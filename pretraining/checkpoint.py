@@ -7,6 +7,12 @@ the tokenizer files (``tokenizer.json``, ``tokenizer_config.json`` with the chat
 Training state (``training_state.pt`` beside the model files: optimizer, scheduler, RNG streams, data
 position, step) makes a run resume exactly; it holds only tensors and plain containers and is loaded
 with ``weights_only=True``.
+
+Before a checkpoint's weights are loaded anywhere (transformers here and in the learner, vLLM in
+``evaluate``), :func:`check_weights` compares the safetensors headers with the model its ``config.json``
+describes: transformers silently re-initialises a missing tensor at random and reports a wrong shape only
+as "see the report above", and vLLM would fail inside its engine process, far from the caller; the check
+names the tensor and the file.
 """
 
 from __future__ import annotations
@@ -42,13 +48,67 @@ def save_checkpoint(model, tokenizer, path: str | Path, meta: dict[str, Any] | N
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint whose weight files do not fit its model; the message names the tensor and the file."""
+
+
+def tensor_index(path: str | Path) -> dict[str, tuple[str, list[int]]]:
+    """``name -> (file name, shape)`` of every tensor in a safetensors file, or in a folder's
+    ``*.safetensors`` (headers only; no tensor is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weight files")
+    out: dict[str, tuple[str, list[int]]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for name in fh.keys():
+                    out[name] = (f.name, list(fh.get_slice(name).get_shape()))
+        except Exception as e:  # noqa: BLE001 - truncated / not safetensors: say which file
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+    return out
+
+
+def check_weights(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` when a tensor the model of ``config.json`` needs is missing from the
+    checkpoint's safetensors files or has another shape. Reads headers only; the model is built on the
+    meta device, so this costs milliseconds even for a large model. Tied weights (one tensor under
+    several names, e.g. ``lm_head.weight`` with tied embeddings) need only one of their names."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json)")
+    found = tensor_index(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+    params = model.state_dict(keep_vars=True)
+    names_of: dict[int, list[str]] = {}
+    for name, t in params.items():
+        names_of.setdefault(id(t), []).append(name)
+    files = sorted({f for f, _ in found.values()})
+    for names in names_of.values():
+        present = [n for n in names if n in found]
+        if not present:
+            raise CheckpointError(f"{path}: tensor {names[0]!r} (shape {list(params[names[0]].shape)}) is missing "
+                                  f"from {', '.join(files)}; the model in config.json needs it")
+        for n in present:
+            file, shape = found[n]
+            if shape != list(params[n].shape):
+                raise CheckpointError(f"{path / file}: tensor {n!r} has shape {shape}, the model in config.json "
+                                      f"expects {list(params[n].shape)}")
+
+
 def load_model(path: str | Path, dtype: str = "float32"):
-    """Load an HF causal-LM folder with transformers (sdpa attention)."""
+    """Load an HF causal-LM folder with transformers (sdpa attention), after :func:`check_weights`."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json)")
+    check_weights(path)
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), attn_implementation="sdpa")
 
 
@@ -83,10 +143,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(path: str | Path, *, optimizer, scheduler, step: int, data_position: int,
                         extra: dict[str, Any] | None = None) -> None:
-    """Everything beyond the weights needed to continue a run exactly."""
+    """Everything beyond the weights needed to continue a run exactly.
+
+    ``optimizer`` is an optimizer, or an already gathered state dict (FSDP: the full state from rank 0).
+    """
     import torch
 
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+    optim_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
              "data_position": data_position, "rng": rng_state(), "extra": extra or {}}
     Path(path).mkdir(parents=True, exist_ok=True)
     torch.save(state, Path(path) / TRAINING_STATE)

@@ -169,13 +169,23 @@ class DPOConfig(_TrainCommon):
     init_from: str = "runs/sft/final"
     """Checkpoint to optimise; also the frozen reference model."""
     n_pairs: int = Field(600, ge=1)
-    """Preference pairs (correct vs plausible wrong solution) from the train split."""
+    """Preference pairs from the train split (``on_policy``: problems sampled; those without a wrong
+    sample give no pair)."""
+    pairs: Literal["synthetic", "on_policy"] = "synthetic"
+    """``synthetic``: correct vs plausible wrong solution; ``on_policy``: the starting model's own correct
+    vs wrong samples (vLLM + ``rewards.verify``)."""
+    samples_per_prompt: int = Field(4, ge=1)
+    """``on_policy``: samples per problem."""
+    sample_max_tokens: int = Field(160, ge=8)
+    """``on_policy``: token limit per sample (truncated samples are dropped)."""
     difficulties: list[int] = [1, 2, 3, 4, 5]
     """Difficulty levels of the pairs."""
     loss: Literal["sigmoid", "ipo", "apo_zero"] = "apo_zero"
     """Preference loss: DPO ``sigmoid``, ``ipo`` (length-normalised log-ratios), ``apo_zero``."""
     beta: float = Field(0.1, gt=0, le=10)
     """Strength of the implicit KL to the reference."""
+    rpo_alpha: float = Field(0.0, ge=0)
+    """Weight of the chosen response's per-token NLL added to the preference loss (RPO; 0 = plain)."""
     epochs: int = Field(1, ge=1)
     """Passes over the pairs."""
     batch_size: int = Field(8, ge=1)

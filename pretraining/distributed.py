@@ -79,6 +79,30 @@ def full_state_dict(model) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def full_optimizer_state(model, optimizer) -> dict:
+    """The optimizer state with unsharded tensors keyed by parameter name, on rank 0's CPU (``{}`` on the
+    other ranks). Collective: every rank must call it. Parameter names instead of ids make the state
+    independent of the world size, so a run saved with N ranks resumes with M."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model, optimizer, model_state: dict, optim_state: dict) -> None:
+    """Load full (unsharded) model and optimizer state into a sharded model and its optimizer.
+
+    Every rank passes the whole state (each reads the same checkpoint folder) and keeps its own shard.
+    A tied ``lm_head.weight`` absent from the safetensors file is filled from the embeddings. Collective.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    model_state = dict(model_state)
+    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in model_state:
+        model_state["lm_head.weight"] = model_state["model.embed_tokens.weight"]
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True, strict=True))
+
+
 def close_distributed(dist: Dist | None) -> None:
     if dist is not None:
         import torch.distributed as td

@@ -1,9 +1,11 @@
 """``flywheel dpo``: preference optimisation with ``sigmoid`` (DPO), ``ipo`` or ``apo_zero`` losses.
 
-Pairs are a correct worked solution (chosen) vs a plausible wrong one (rejected: an arithmetic slip or
-a skipped final step) for the same train-split question. The reference model is the starting
-checkpoint; its log-probs are computed once before training. Logged: loss, implicit rewards of chosen
-and rejected (``beta * log pi/pi_ref``), their margin and the preference accuracy.
+Pairs (``pairs``) are either ``synthetic``, a correct worked solution (chosen) vs a plausible wrong one
+(rejected: an arithmetic slip or a skipped final step) for the same train-split question, or
+``on_policy``: the starting model's own correct and wrong samples of a train-split question
+(:func:`on_policy_pairs`). The reference model is the starting checkpoint; its log-probs are computed
+once before training. ``rpo_alpha`` adds the chosen side's NLL (RPO). Logged: loss, implicit rewards of
+chosen and rejected (``beta * log pi/pi_ref``), their margin, the preference accuracy and the chosen NLL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pretraining.config import DPOConfig
 log = logging.getLogger(__name__)
 
 
-def preference_losses(pc, pr, rc, rr, beta: float, loss: str, len_c=None, len_r=None):
+def preference_losses(pc, pr, rc, rr, beta: float, loss: str, len_c=None, len_r=None, rpo_alpha: float = 0.0):
     """Per-pair losses from policy (``pc``, ``pr``) and reference (``rc``, ``rr``) sequence log-probs.
 
     - ``sigmoid`` (DPO): ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``
@@ -27,21 +29,30 @@ def preference_losses(pc, pr, rc, rr, beta: float, loss: str, len_c=None, len_r=
       averaged over its completion tokens (``len_c``, ``len_r``), as IPO implementations do
     - ``apo_zero``: ``(1 - sigmoid(beta * (pc - rc))) + sigmoid(beta * (pr - rr))`` (push chosen up,
       rejected down, anchored at the reference)
+
+    ``rpo_alpha > 0`` adds ``rpo_alpha * (-pc / len_c)``, the chosen response's per-token NLL (RPO, as
+    in Iterative RPO / Llama 3 and TRL's ``rpo_alpha``): a preference loss alone can lower the chosen
+    log-prob too as long as the rejected one falls faster, which costs accuracy on this data.
     """
     import torch.nn.functional as F
 
+    if rpo_alpha < 0:
+        raise ValueError(f"rpo_alpha={rpo_alpha}: must be >= 0")
+    if (loss == "ipo" or rpo_alpha > 0) and (len_c is None or (loss == "ipo" and len_r is None)):
+        raise ValueError(f"loss={loss!r} with rpo_alpha={rpo_alpha} needs the completion lengths len_c and len_r")
+    nll = -pc / len_c if rpo_alpha > 0 else 0.0
     if loss == "ipo":
-        if len_c is None or len_r is None:
-            raise ValueError("ipo needs the completion lengths len_c and len_r")
         pc, pr, rc, rr = pc / len_c, pr / len_r, rc / len_c, rr / len_r
     chosen, rejected = pc - rc, pr - rr
     if loss == "sigmoid":
-        return -F.logsigmoid(beta * (chosen - rejected))
-    if loss == "ipo":
-        return (chosen - rejected - 1 / (2 * beta)) ** 2
-    if loss == "apo_zero":
-        return (1 - (beta * chosen).sigmoid()) + (beta * rejected).sigmoid()
-    raise ValueError(f"loss={loss!r}: expected sigmoid, ipo or apo_zero")
+        pref = -F.logsigmoid(beta * (chosen - rejected))
+    elif loss == "ipo":
+        pref = (chosen - rejected - 1 / (2 * beta)) ** 2
+    elif loss == "apo_zero":
+        pref = (1 - (beta * chosen).sigmoid()) + (beta * rejected).sigmoid()
+    else:
+        raise ValueError(f"loss={loss!r}: expected sigmoid, ipo or apo_zero")
+    return pref + rpo_alpha * nll if rpo_alpha > 0 else pref
 
 
 def sequence_logps(model, batch: dict):
@@ -57,15 +68,78 @@ def sequence_logps(model, batch: dict):
     return (logp * mask).sum(-1), mask.sum(-1)
 
 
-def pair_rows(cfg: DPOConfig, tokenizer) -> tuple[list, list]:
-    """Padded chosen and rejected rows (completion-only targets), one of each per pair."""
+def on_policy_pairs(checkpoint: str, n_prompts: int, k: int, seed: int, difficulties: list[int], *,
+                    max_tokens: int = 160, temperature: float = 1.0) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Pairs whose rejected side is a mistake ``checkpoint`` actually makes (Instella-Math, online DPO).
+
+    ``k`` samples per train-split problem from vLLM, scored by ``rewards.verify``; a problem with a
+    wrong finished sample gives one pair: a correct sample as chosen (the reference solution when no
+    sample is correct), the wrong one as rejected. Truncated samples are dropped (appending an
+    end-of-turn would make them a sequence the model never produced). Returns ``(pairs, stats)``.
+    """
+    import gc
+
+    from vllm import SamplingParams
+
+    from pretraining.chat import format_prompt
+    from pretraining.data import make_problems
+    from pretraining.evaluate import _verify_all, make_llm
+    from pretraining.tokenizer import load_tokenizer
+
+    t0 = time.perf_counter()
+    problems = make_problems("train", difficulties, n_prompts, seed)
+    tok = load_tokenizer(checkpoint)
+    llm = make_llm(checkpoint, seed=seed)
+    try:
+        outs = llm.generate([format_prompt(tok, p.question) for p in problems],
+                            SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens), use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    texts = [[c.text for c in o.outputs if c.finish_reason == "stop"] for o in outs]
+    flat = _verify_all([t for ts in texts for t in ts], [p.answer for p, ts in zip(problems, texts) for _ in ts])
+    scored = []
+    for ts in texts:
+        scored.append(list(zip(ts, flat[:len(ts)])))
+        flat = flat[len(ts):]
+    pairs = pairs_from_samples(problems, scored)
+    n_samples = sum(len(s) for s in scored)
+    stats = {"prompts": len(problems), "finished_samples": n_samples,
+             "sample_acc": sum(v for s in scored for _, v in s) / max(n_samples, 1), "pairs": len(pairs),
+             "gold_chosen": sum(not any(v for _, v in s) for s in scored if s and not all(v for _, v in s)),
+             "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("on-policy pairs: %s", stats)
+    return pairs, stats
+
+
+def pairs_from_samples(problems: list, samples: list[list[tuple[str, bool]]]) -> list[dict[str, str]]:
+    """One pair per problem with a wrong sample: the first correct sample (else the reference solution)
+    as chosen, the first wrong one as rejected. ``samples[i]`` holds ``(text, correct)`` of problem i."""
+    if len(problems) != len(samples):
+        raise ValueError(f"{len(problems)} problems but {len(samples)} sample lists")
+    pairs = []
+    for p, ss in zip(problems, samples):
+        right = [t for t, ok in ss if ok]
+        wrong = [t for t, ok in ss if not ok]
+        if wrong:
+            pairs.append({"prompt": p.question, "chosen": right[0] if right else p.solution, "rejected": wrong[0],
+                          "answer": p.answer})
+    return pairs
+
+
+def pair_rows(cfg: DPOConfig, tokenizer, pairs: list[dict[str, str]] | None = None) -> tuple[list, list]:
+    """Padded chosen and rejected rows (completion-only targets), one of each per pair (``pairs``
+    defaults to the synthetic :func:`pretraining.data.preference_pairs`)."""
     from pretraining.chat import encode_prompt_completion
     from pretraining.data import preference_pairs
     from pretraining.packing import pad_rows
 
-    pairs = preference_pairs(cfg.n_pairs, cfg.seed, cfg.difficulties)
+    if pairs is None:
+        pairs = preference_pairs(cfg.n_pairs, cfg.seed, cfg.difficulties)
     if not pairs:
-        raise ValueError("DPO dataset is empty (n_pairs=0?)")
+        raise ValueError(f"DPO dataset is empty (n_pairs={cfg.n_pairs}, pairs={cfg.pairs!r}: with on_policy, "
+                         "no sampled completion was wrong)")
     seqs = {"chosen": [], "rejected": []}
     for p in pairs:
         for side in seqs:
@@ -101,15 +175,16 @@ def reference_logps(model, chosen: list, rejected: list, batch: int = 64):
     return outs
 
 
-def dpo_objective(beta: float, loss: str):
+def dpo_objective(beta: float, loss: str, rpo_alpha: float = 0.0):
     def objective(model, b: dict):
         logps, counts = sequence_logps(model, b)
         n = b["ref_chosen"].shape[0]
         pc, pr, lc, lr = logps[:n], logps[n:], counts[:n], counts[n:]
-        losses = preference_losses(pc, pr, b["ref_chosen"], b["ref_rejected"], beta, loss, lc, lr)
+        losses = preference_losses(pc, pr, b["ref_chosen"], b["ref_rejected"], beta, loss, lc, lr, rpo_alpha)
         rc, rj = beta * (pc - b["ref_chosen"]).detach(), beta * (pr - b["ref_rejected"]).detach()
         stats = {"reward_chosen": rc.sum().item(), "reward_rejected": rj.sum().item(),
-                 "reward_margin": (rc - rj).sum().item(), "preference_acc": (rc > rj).float().sum().item()}
+                 "reward_margin": (rc - rj).sum().item(), "preference_acc": (rc > rj).float().sum().item(),
+                 "nll_chosen": (-pc.detach() / lc).sum().item()}
         return losses.sum(), stats
 
     return objective
@@ -127,8 +202,12 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    pairs, pair_stats = None, {}
+    if cfg.pairs == "on_policy":  # sample before the model is loaded: the engine needs the memory
+        pairs, pair_stats = on_policy_pairs(cfg.init_from, cfg.n_pairs, cfg.samples_per_prompt, cfg.seed + 101,
+                                            cfg.difficulties, max_tokens=cfg.sample_max_tokens)
     model, tok = load_checkpoint(cfg.init_from)
-    chosen, rejected = pair_rows(cfg, tok)
+    chosen, rejected = pair_rows(cfg, tok, pairs)
     ref = reference_logps(model, chosen, rejected)
     dist = init_distributed(cfg.distributed)
     rank0 = dist is None or dist.rank == 0
@@ -157,7 +236,7 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
                             append=cfg.resume) if rank0 else None
     trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
-                      objective=dpo_objective(cfg.beta, cfg.loss), count=lambda b: int(b["ref_chosen"].shape[0]),
+                      objective=dpo_objective(cfg.beta, cfg.loss, cfg.rpo_alpha), count=lambda b: int(b["ref_chosen"].shape[0]),
                       dist=dist, log_every=cfg.metrics.log_every, name="dpo")
     if cfg.resume:
         trainer.resume_latest(run_dir)
@@ -168,13 +247,15 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
 
     trainer.run(total, batches_at, stage="dpo", on_step=maybe_save)
     final = export_model(model, tok, run_dir / "final", dist,
-                         meta={"step": total, "job": "dpo", "loss": cfg.loss, "beta": cfg.beta, "init_from": cfg.init_from})
+                         meta={"step": total, "job": "dpo", "loss": cfg.loss, "beta": cfg.beta, "rpo_alpha": cfg.rpo_alpha,
+                               "pairs": cfg.pairs, "pair_stats": pair_stats, "init_from": cfg.init_from})
     if metrics is not None:
         metrics.close()
         plot_loss_curves(metrics.path, run_dir / "loss.png", keys=("loss", "reward_margin", "preference_acc"),
                          title=f"DPO ({cfg.loss})")
     close_distributed(dist)
-    return {"final": str(final), "history": trainer.history, "seconds": time.perf_counter() - t0}
+    return {"final": str(final), "history": trainer.history, "seconds": time.perf_counter() - t0,
+            "pairs": pair_stats}
 
 
 def main(cfg: DPOConfig) -> int:

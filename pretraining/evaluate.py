@@ -42,7 +42,12 @@ class CheckpointReloader:
 
 
 def make_llm(checkpoint: str, *, max_model_len: int | None = None, seed: int = 0, kv_cache_gib: float = 1.0):
-    """A ``vllm.LLM`` for a checkpoint folder (float32), able to reload other checkpoints in place."""
+    """A ``vllm.LLM`` for a checkpoint folder (float32), able to reload other checkpoints in place.
+    The checkpoint's tensors are checked first, so a broken one is refused with the tensor and file named
+    instead of failing inside vLLM's engine process, far from the caller."""
+    from pretraining.checkpoint import check_weights
+
+    check_weights(checkpoint)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
     from vllm import LLM
 
@@ -55,7 +60,11 @@ def make_llm(checkpoint: str, *, max_model_len: int | None = None, seed: int = 0
 
 def load_weights(llm, checkpoint: str) -> None:
     """Reload ``checkpoint``'s weights into a running engine in place (same architecture and tokenizer)
-    and drop cached prefixes computed with the old weights."""
+    and drop cached prefixes computed with the old weights. A checkpoint with a missing or misshapen tensor
+    is refused first (:class:`pretraining.checkpoint.CheckpointError`), leaving the engine's weights as they were."""
+    from pretraining.checkpoint import check_weights
+
+    check_weights(checkpoint)
     llm.collective_rpc("reload_checkpoint", args=(str(Path(checkpoint).resolve()),))
     llm.reset_prefix_cache()
 
@@ -124,11 +133,16 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def main(cfg: EvalConfig) -> int:
+    from pretraining.checkpoint import CheckpointError
+
     if not (Path(cfg.checkpoint) / "config.json").is_file():
         raise SystemExit(f"eval: checkpoint {cfg.checkpoint!r} is not a model folder (no config.json)")
-    r = evaluate(cfg.checkpoint, cfg.n, cfg.k, difficulties=cfg.difficulties, seed=cfg.seed,
-                 temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                 return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib)
+    try:
+        r = evaluate(cfg.checkpoint, cfg.n, cfg.k, difficulties=cfg.difficulties, seed=cfg.seed,
+                     temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                     return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib)
+    except CheckpointError as e:
+        raise SystemExit(f"eval: {e}") from None
     print(f"held-out accuracy of {cfg.checkpoint}: {format_result(r)}", flush=True)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

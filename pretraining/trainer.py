@@ -180,13 +180,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_resumable(self, path: str | Path, tokenizer, *, data_position: int, meta: dict | None = None) -> Path:
-        """HF model folder + ``training_state.pt`` (single process; FSDP runs save the model only)."""
+        """HF model folder + ``training_state.pt``. Under FSDP the optimizer state is gathered unsharded
+        (keyed by parameter name) and rank 0 writes it, with rank 0's RNG state (ranks share the seed)."""
         from pretraining.checkpoint import save_training_state
 
         path = export_model(self.model, tokenizer, path, self.dist, meta)
-        if self.world == 1:
-            save_training_state(path, optimizer=self.optimizer, scheduler=self.scheduler, step=self.step,
+        optim_state = self.optimizer
+        if self.world > 1:
+            from pretraining.distributed import full_optimizer_state
+
+            optim_state = full_optimizer_state(self.model, self.optimizer)
+        if self.dist is None or self.dist.rank == 0:
+            save_training_state(path, optimizer=optim_state, scheduler=self.scheduler, step=self.step,
                                 data_position=data_position, extra={"history": self.history})
+        if self.world > 1:
+            self.dist.barrier()
         return path
 
     def resume_latest(self, run_dir: Path) -> Path:
@@ -200,18 +208,31 @@ class Trainer:
 
     def load_resumable(self, path: str | Path) -> int:
         """Restore weights, optimizer, scheduler, RNG and step from ``path``; returns the data position."""
-        from pretraining.checkpoint import load_training_state, set_rng_state
-
-        if self.world > 1:
-            raise NotImplementedError("resume under FSDP (world size > 1) is not supported yet; resume with one process")
         from safetensors.torch import load_file
 
+        from pretraining.checkpoint import load_training_state, set_rng_state
+
         state = load_file(str(Path(path) / "model.safetensors"))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if "lm_head" not in m]:
-            raise ValueError(f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
         ts = load_training_state(path)
-        self.optimizer.load_state_dict(ts["optimizer"])
+        groups = ts["optimizer"].get("param_groups") or [{"params": []}]
+        by_name = bool(groups[0]["params"]) and isinstance(groups[0]["params"][0], str)
+        if by_name != (self.world > 1):
+            saved_by = "an FSDP run (keyed by parameter name)" if by_name else "a single process (keyed by index)"
+            raise ValueError(f"{path}: the optimizer state was saved by {saved_by}; resume it with "
+                             f"{'world size > 1' if by_name else 'one process'} (this run has world size {self.world})")
+        if self.world > 1:  # every rank reads the full state and keeps its shard
+            from pretraining.distributed import load_full_state
+
+            try:
+                load_full_state(self.model, self.optimizer, state, ts["optimizer"])
+            except (RuntimeError, KeyError) as e:
+                raise ValueError(f"{path}: checkpoint does not match the model: {e}") from e
+        else:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected or [m for m in missing if "lm_head" not in m]:
+                raise ValueError(f"{path}: checkpoint does not match the model (missing {missing}, "
+                                 f"unexpected {unexpected})")
+            self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
         set_rng_state(ts["rng"])
         self.step = int(ts["step"])

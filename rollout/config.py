@@ -59,6 +59,9 @@ class RolloutConfig(BaseModel):
     """Behaviour log-probs after temperature/top-p (what was sampled from) or of the raw logits."""
     weight_transport: Literal["object_store", "nccl"] = "object_store"
     """How new weights reach the engines: CPU tensors via the Ray object store, or GPU NCCL broadcast."""
+    prepare_updates: bool = True
+    """CPU: build each weight update (tensors, repacked GEMM handles) while generating and pause only
+    to swap it in; False: vLLM's ``reload_weights`` with the engine paused (slower; the fallback)."""
     reprefill_after_versions: int | None = Field(None, ge=1, le=1_000_000)
     """Re-prefill an in-flight sequence whose KV cache is this many versions stale; None keeps the cache."""
     num_cpus_per_worker: float = Field(1.0, gt=0.0, le=1024.0)
@@ -69,7 +72,7 @@ class RolloutConfig(BaseModel):
     """Custom Ray resources each worker needs (e.g. ``{"rollout_node": 1}``)."""
     seed: int = Field(0, ge=0)
     """Engine seed (per-request seeds come from ``SamplingConfig.seed``)."""
-    worker_restarts: int = Field(0, ge=-1, le=1000)
+    worker_restarts: int = Field(2, ge=-1, le=1000)
     """Ray ``max_restarts`` per worker actor (-1: unlimited); the router re-queues a dead worker's prompts."""
 
     @model_validator(mode="after")

@@ -9,9 +9,10 @@ pause.
 
 Weight sync (:meth:`RolloutEngine.load_weights`): validate the update against the checkpoint's
 names/shapes (a stale version or malformed tensor is rejected before anything changes), write it to
-a safetensors file in shared memory (``/dev/shm``), ``pause_generation(mode="keep",
-clear_cache=False)``, reload in place through :mod:`rollout.weight_extension`, relabel the version,
-``resume_generation()``. In-flight requests keep their KV cache and continue; optionally
+a safetensors file in shared memory (``/dev/shm``), let the engine process prepare it in the
+background while generation goes on (:mod:`rollout.weight_extension`), then pause (mode ``keep``,
+cache kept), commit, relabel the version and resume, sent back to back so the model idles only for
+the commit. In-flight requests keep their KV cache and continue; optionally
 (``reprefill_after_versions = k``) a sequence whose KV cache is ``k`` or more versions stale is
 aborted and resubmitted as prompt + tokens so far, so its cache is recomputed with the new weights
 (its earlier tokens keep their versions).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -48,18 +50,36 @@ class SyncRecord:
 
     version: int
     sync_s: float
-    """Wall time of the whole update (staging + pause + reload + resume)."""
+    """Wall time of the whole update (staging + preparing + pause + commit + resume)."""
     stall_s: float
-    """Time generation was paused."""
+    """Client side: from sending the pause to the resume acknowledgement. Includes the wait for
+    the step running when the pause arrived (tokens are still produced then); the time the model
+    really sat idle is ``idle_s``."""
     in_flight: int
     """Engine requests in flight (a group without re-prefill is one request of ``n`` sequences)."""
     reprefilled: int = 0
     stage_s: float = 0.0
-    """Part of ``sync_s`` before the pause (validation, staging the tensors in shared memory)."""
+    """Part of ``sync_s`` before the pause: staging the tensors in shared memory."""
+    prepare_s: float = 0.0
+    """Part of ``sync_s`` before the pause: building the new tensors and GEMM handles in the engine
+    process while it keeps generating (0 when the update is reloaded with the engine paused)."""
     pause_s: float = 0.0
-    """Part of the stall waiting for the engine to stop between steps (the running step finishes)."""
+    """Part of ``stall_s`` until the commit/reload was acknowledged: mostly waiting for the step
+    that was running when the pause arrived."""
     reload_s: float = 0.0
-    """Part of the stall spent loading the weights into the model."""
+    """Part of ``stall_s`` from the commit/reload acknowledgement to the resume acknowledgement."""
+    prepared: bool = False
+    """True: prepared ahead and committed while paused; False: ``reload_weights`` while paused."""
+    commit_s: float | None = None
+    """Engine process: time the commit (or reload) itself ran. Filled shortly after the update."""
+    idle_s: float | None = None
+    """Engine process: the model's idle gap around the update, from the end of the last step
+    before it to the start of the first step after it: the generation stall. None when no step
+    followed (nothing in flight). Filled shortly after the update."""
+    prepare_thread_s: float | None = None
+    """Engine process: time the background preparation took (part of ``prepare_s``)."""
+    resume_to_step_s: float | None = None
+    """Engine process: from the end of the commit to the start of the next step."""
 
 
 @dataclass
@@ -145,6 +165,11 @@ class RolloutEngine:
         self._resumed.set()
         self._expected = checkpoint_tensor_shapes(cfg.model) if Path(cfg.model).is_dir() else {}
         self._shm_dir = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        self._prepare_supported = True
+        self._timing_tokens: dict[str, SyncRecord] = {}
+        self._timing_task: asyncio.Future | None = None
+        self.step_gaps: list[float] = []
+        """Recent normal gaps between two model steps (s), for comparison with ``idle_s``."""
         self.tokenizer = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -170,6 +195,7 @@ class RolloutEngine:
         self._llm = AsyncLLM.from_engine_args(args)
         self.tokenizer = self._llm.get_tokenizer() if hasattr(self._llm, "get_tokenizer") else None
         await self._llm.update_weight_version(str(self.version))
+        await self._llm.collective_rpc("flywheel_install_step_clock")
         log.info("%s: engine for %s up in %.1f s", self.worker_id, self.cfg.model, time.perf_counter() - t0)
 
     def _transfer_args(self) -> dict:
@@ -319,7 +345,15 @@ class RolloutEngine:
     async def stream_completion(self, prompt: dict, params: dict) -> AsyncIterator[dict]:
         """Stream one request's deltas (for the OpenAI-compatible API): dicts with ``index``,
         ``text``, ``token_ids``, ``logprobs`` (sampled token), ``top_logprobs``, ``finish_reason``,
-        ``prompt_token_ids`` (first delta only)."""
+        ``prompt_token_ids`` (first delta only), ``version`` and, in the last delta of each choice,
+        ``completion_versions``.
+
+        ``version`` is this engine's version when the delta was handed over, which can differ from
+        the version that sampled its tokens for deltas delivered around an update (outputs are
+        processed asynchronously). ``completion_versions`` is exact: one version per token of the
+        whole completion, from the labels the engine stamped on every step (vLLM reports them only
+        when a completion finishes, so they cannot be attached to earlier deltas).
+        """
         from vllm.sampling_params import RequestOutputKind
 
         s = to_sampling_config({k: params[k] for k in ("temperature", "top_p", "max_tokens", "stop", "seed")
@@ -330,8 +364,9 @@ class RolloutEngine:
         sp = self._params(s, 0, s.max_tokens, logprobs=top, output_kind=RequestOutputKind.DELTA)
         sp.n = s.n
         sp.seed = s.seed
-        self._track(rid, _Seq(rid, self.version))
+        self._track(rid, _Seq(rid, self.version, can_reprefill=False))  # a stream cannot be resubmitted
         first = True
+        sent: dict[int, int] = {}  # tokens streamed so far per choice
         try:
             async for out in self.llm.generate(self._engine_prompt(prompt), sp, request_id=rid):
                 for c in out.outputs:
@@ -341,6 +376,9 @@ class RolloutEngine:
                          "top_logprobs": [{v.decoded_token or "": float(v.logprob) for v in lp.values()}
                                           for lp in lps] if top else None,
                          "finish_reason": c.finish_reason, "version": self.version}
+                    sent[c.index] = sent.get(c.index, 0) + len(c.token_ids)
+                    if c.finish_reason is not None:  # exact, from the engine's per-step labels
+                        d["completion_versions"] = _expand_versions(c.weight_versions, sent[c.index], self.version)
                     if first:
                         d["prompt_token_ids"] = list(out.prompt_token_ids or [])
                         first = False
@@ -363,8 +401,7 @@ class RolloutEngine:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
             await asyncio.to_thread(save_file, tensors, str(path))
             try:
-                return await self._swap(version, lambda: self.llm.collective_rpc(
-                    "flywheel_reload_files", args=([str(path)],)), t0)
+                return await self._update(version, [str(path)], t0)
             finally:
                 path.unlink(missing_ok=True)
 
@@ -389,9 +426,46 @@ class RolloutEngine:
                                                 f"{self._expected[name][0]}")
                     if dtype not in ("F32", "F16", "BF16", "F64"):
                         raise WeightUpdateError(f"weight {name!r} has dtype {dtype}; expected floating point")
-            t0 = time.perf_counter()
-            return await self._swap(version, lambda: self.llm.collective_rpc(
-                "flywheel_reload_files", args=(list(paths),)), t0)
+            return await self._update(version, list(paths), time.perf_counter())
+
+    async def _update(self, version: int, paths: list[str], t0: float) -> SyncRecord:
+        """Prepare the update while generating, then pause -> commit -> relabel -> resume.
+
+        The prepare-then-commit path (:mod:`rollout.weight_extension`) builds the new tensors and
+        GEMM handles in a background thread of the engine process, so the pause only covers
+        in-place copies. Where it does not apply (not CPU, or an update it cannot map) the whole
+        ``reload_weights`` runs paused instead.
+        """
+        token = f"{self.worker_id}-v{version}-{uuid.uuid4().hex[:8]}"
+        t_staged = time.perf_counter()
+        commit = None
+        if self.cfg.prepare_updates and self._prepare_supported:
+            [started] = await self.llm.collective_rpc("flywheel_prepare", args=(paths, token))
+            status = await self._wait_prepared(token) if started else "not supported on this platform"
+            if status == "ok":
+                commit = ("flywheel_commit", (token,))
+            else:
+                self._prepare_supported = started  # a platform that cannot, never will
+                log.warning("%s: v%d cannot be prepared ahead (%s); reloading it with the engine paused",
+                            self.worker_id, version, status)
+        t_prepared = time.perf_counter()
+        load = commit or ("flywheel_reload_files", (paths, token))
+        rec = await self._swap(version, load, pipelined=commit is not None)
+        rec.sync_s = time.perf_counter() - t0
+        rec.stage_s, rec.prepare_s, rec.prepared = t_staged - t0, t_prepared - t_staged, commit is not None
+        self._timing_tokens[token] = rec
+        self._schedule_timing_refresh()
+        return rec
+
+    async def _wait_prepared(self, token: str) -> str:
+        """Poll the background preparation (each poll is a sub-millisecond engine-loop call)."""
+        delay = 0.002
+        while True:
+            [status] = await self.llm.collective_rpc("flywheel_prepared", args=(token,))
+            if status is not None:
+                return status
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     async def _pause(self) -> None:
         """``pause_generation(mode="keep", clear_cache=False)`` without its cosmetic 20 ms sleep
@@ -402,34 +476,108 @@ class RolloutEngine:
         else:
             await self.llm.pause_generation(mode="keep", clear_cache=False)
 
-    async def _swap(self, version: int, reload, t0: float) -> SyncRecord:
-        """pause(keep) -> reload -> relabel -> [mark stale sequences] -> resume."""
+    async def _swap(self, version: int, load: tuple[str, tuple], pipelined: bool) -> SyncRecord:
+        """pause(keep) -> load -> relabel -> [abort stale sequences] -> resume.
+
+        The engine core runs these calls in the order they arrive, between two steps, and does
+        not step while paused, so they can be sent back to back (``pipelined``): the engine then
+        stays paused only as long as it takes to run them, with no client round trip inside. That
+        is done for a prepared commit, which cannot fail half-way (copies of checked tensors into
+        parameters of the same shape). A ``reload_weights`` can fail, and must then leave the old
+        version label, so the relabel waits for its result (one round trip while paused).
+
+        A pipelined pause is not awaited: vLLM answers a keep-mode pause only once the engine is
+        idle, which after the resume may be much later; its answer is dropped when it comes.
+        """
         llm = self.llm
-        t_pause = time.perf_counter()
+        times: dict[str, float] = {}
+
+        async def timed(key: str, coro):
+            try:
+                return await coro
+            finally:
+                times[key] = time.perf_counter()
+
         self._resumed.clear()
-        await self._pause()
-        t_paused = time.perf_counter()
+        in_flight = len(self._seqs)
+        stale = self._stale_sequences(version)
+        ids = [s.request_id for s in stale]
+        method, args = load
+        t_pause = time.perf_counter()
         try:
-            await reload()
-            t_loaded = time.perf_counter()
-            in_flight = len(self._seqs)
-            stale = self._stale_sequences(version)
-            await llm.update_weight_version(str(version))
-            self.version = version
-            if stale:  # their coroutines resubmit prompt + tokens so far once generation resumes
-                await llm.abort([s.request_id for s in stale])
+            # each ensure_future sends its request to the engine core in this order
+            pause = asyncio.ensure_future(self._pause())
+            loading = asyncio.ensure_future(timed("loaded", llm.collective_rpc(method, args=args)))
+            if pipelined:
+                pause.add_done_callback(_drop_result)
+                rest = [asyncio.ensure_future(llm.update_weight_version(str(version)))]
+                rest += [asyncio.ensure_future(llm.abort(ids))] if ids else []
+                rest.append(asyncio.ensure_future(timed("resumed", llm.resume_generation())))
+                results = await asyncio.gather(loading, *rest, return_exceptions=True)
+                self.version = version  # the engine now labels new tokens with it, whatever happened
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if errors:
+                    raise RuntimeError(f"{self.worker_id}: weight update v{version} failed in the engine "
+                                       f"({errors[0]!r}); its weights may be partly updated") from errors[0]
+            else:
+                try:
+                    await asyncio.gather(pause, loading)
+                except BaseException:
+                    for s in stale:
+                        s.reprefill = False
+                    await llm.resume_generation()
+                    raise
+                rest = [llm.update_weight_version(str(version))] + ([llm.abort(ids)] if ids else [])
+                await asyncio.gather(*rest, timed("resumed", llm.resume_generation()))
+                self.version = version
         finally:
-            await llm.resume_generation()
             self._resumed.set()
-        t_end = time.perf_counter()
-        rec = SyncRecord(version=version, sync_s=t_end - t0, stall_s=t_end - t_pause, in_flight=in_flight,
-                         reprefilled=len(stale), stage_s=t_pause - t0, pause_s=t_paused - t_pause,
-                         reload_s=t_loaded - t_paused)
+        rec = SyncRecord(version=version, sync_s=time.perf_counter() - t_pause, stall_s=times["resumed"] - t_pause,
+                         in_flight=in_flight, reprefilled=len(stale), pause_s=times["loaded"] - t_pause,
+                         reload_s=times["resumed"] - times["loaded"])
         self.stats.syncs.append(rec)
-        log.info("%s: loaded weights v%d in %.3f s (stall %.3f s: pause %.3f, reload %.3f; %d in flight, "
-                 "%d re-prefilled)", self.worker_id, version, rec.sync_s, rec.stall_s, rec.pause_s, rec.reload_s,
-                 in_flight, len(stale))
+        log.info("%s: loaded weights v%d (pause window %.1f ms; %d in flight, %d re-prefilled)", self.worker_id,
+                 version, 1000 * rec.stall_s, in_flight, len(stale))
         return rec
+
+    def _schedule_timing_refresh(self) -> None:
+        if self._timing_task is None or self._timing_task.done():
+            self._timing_task = asyncio.ensure_future(self._refresh_timings_later())
+
+    async def _refresh_timings_later(self) -> None:
+        """Fill the engine-side timings of recent updates once the next model step has started."""
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            try:
+                if not await self.refresh_sync_timings():
+                    return
+            except Exception:  # timings are diagnostics; never break generation
+                log.debug("%s: could not read update timings", self.worker_id, exc_info=True)
+                return
+
+    async def refresh_sync_timings(self) -> int:
+        """Ask the engine process when the model stepped around each pending update and fill
+        ``commit_s`` / ``idle_s`` of their records; returns how many are still pending."""
+        if not self._timing_tokens or self._llm is None:
+            return 0
+        [data] = await self.llm.collective_rpc("flywheel_commit_gaps", args=(list(self._timing_tokens),))
+        self.step_gaps = list(data["gaps"])
+        for c in data["commits"]:
+            rec = self._timing_tokens.get(c["token"])
+            if rec is None:
+                continue
+            rec.commit_s = c["commit_end"] - c["commit_start"]
+            if "prepare_end" in c:
+                rec.prepare_thread_s = c["prepare_end"] - c["prepare_start"]
+            if not rec.in_flight:  # the engine was idle: no step straddles the update
+                del self._timing_tokens[c["token"]]
+            elif c["next_step_start"] is not None and c["prev_step_end"]:
+                rec.idle_s = c["next_step_start"] - c["prev_step_end"]
+                rec.resume_to_step_s = c["next_step_start"] - c["commit_end"]
+                del self._timing_tokens[c["token"]]
+            elif not self._seqs:  # nothing left to generate: no next step to wait for
+                del self._timing_tokens[c["token"]]
+        return len(self._timing_tokens)
 
     def _stale_sequences(self, new_version: int) -> list[_Seq]:
         k = self.cfg.reprefill_after_versions
@@ -487,7 +635,15 @@ class RolloutEngine:
             "syncs": [s.__dict__ for s in syncs],
             "last_sync_s": syncs[-1].sync_s if syncs else None,
             "last_stall_s": syncs[-1].stall_s if syncs else None,
+            "last_idle_s": syncs[-1].idle_s if syncs else None,
+            "step_gap_s_median": statistics.median(self.step_gaps) if self.step_gaps else None,
         }
+
+
+def _drop_result(fut: asyncio.Future) -> None:
+    """Retrieve (and ignore) a background request's outcome so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _expand_versions(spans, n: int, default: int) -> list[int]:

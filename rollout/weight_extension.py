@@ -1,39 +1,185 @@
 """The vLLM worker extension that loads new weights in place (runs inside vLLM's worker process).
 
-vLLM mixes this class into its worker (``worker_extension_cls``); the rollout worker reaches it with
-``AsyncLLM.collective_rpc("flywheel_reload_...")``. Loading goes through
-``model_runner.reload_weights(weights_iterator=...)``, which re-applies vLLM's own weight
-processing (loading into ``model.load_weights`` directly breaks after vLLM's CPU repacking).
-Method names carry a ``flywheel_`` prefix so they never clash with vLLM's weight-transfer API
-(``update_weights`` & co.). Tensors cannot travel as ``collective_rpc`` arguments through vLLM's
-multiprocess executor ("cannot pickle memoryview"), so updates arrive as safetensors files: in
-``/dev/shm`` (shared memory, no disk) for the CPU object-store transport, or on shared storage for
-the service's ``/v1/weights``.
+vLLM mixes this class into its worker (``worker_extension_cls``); the rollout engine reaches it with
+``AsyncLLM.collective_rpc("flywheel_...")``. Every such call runs on the engine's own thread between
+two model steps, so a call that takes 30 ms stops generation for 30 ms whether or not the engine is
+paused. Hence two paths:
+
+- **prepare, then commit** (CPU, the default): ``flywheel_prepare`` starts a background thread that
+  reads the new tensors and builds everything the model needs from them (name mapping, dtype, new
+  packed GEMM handles; :mod:`rollout.inplace_update`) while the engine keeps generating;
+  ``flywheel_prepared`` polls it; ``flywheel_commit``, sent while the engine is paused, only copies
+  into parameters and swaps handles (well under a millisecond on the tiny model).
+- **reload** (fallback, e.g. GPU or an update the fast path does not cover):
+  ``flywheel_reload_files`` runs ``model_runner.reload_weights(weights_iterator=...)``, which
+  re-applies vLLM's own weight processing while paused (loading into ``model.load_weights``
+  directly breaks after vLLM's CPU repacking).
+
+A step clock (``flywheel_install_step_clock``) timestamps every model step, so the engine can
+report how long the model actually sat idle around each update (``flywheel_commit_gaps``).
+
+Tensors cannot travel as ``collective_rpc`` arguments through vLLM's engine-core IPC ("cannot
+pickle memoryview"), so updates arrive as safetensors files: in ``/dev/shm`` (shared memory, no
+disk) for the CPU object-store transport, or on shared storage for the service's ``/v1/weights``.
+Method names carry a ``flywheel_`` prefix so they never clash with vLLM's weight-transfer API.
 
 Kept free of heavy module-level imports: vLLM imports it by name in every worker.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+from typing import Any
+
+
+def _read_files(paths: list[str]):
+    from safetensors import safe_open
+
+    for path in paths:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+class _StepClock:
+    """Timestamps of model steps (``execute_model`` entry, last ``execute_model``/``sample_tokens``
+    exit) and, per commit, the end of the step before it and the start of the step after it."""
+
+    def __init__(self, model_runner) -> None:
+        self.last_end = 0.0
+        self.gaps: deque[float] = deque(maxlen=512)  # normal end -> start gaps between steps
+        self.commits: deque[dict] = deque(maxlen=1024)
+        self._open: list[dict] = []
+        execute, sample = model_runner.execute_model, model_runner.sample_tokens
+
+        def execute_model(*args, **kwargs):
+            now = time.perf_counter()
+            if self._open:
+                for c in self._open:
+                    c["next_step_start"] = now
+                self._open = []
+            elif self.last_end:
+                self.gaps.append(now - self.last_end)
+            try:
+                return execute(*args, **kwargs)
+            finally:
+                self.last_end = time.perf_counter()
+
+        def sample_tokens(*args, **kwargs):
+            try:
+                return sample(*args, **kwargs)
+            finally:
+                self.last_end = time.perf_counter()
+
+        model_runner.execute_model = execute_model
+        model_runner.sample_tokens = sample_tokens
+
+    def record(self, token: str, t0: float, t1: float, **extra: float) -> None:
+        c = {"token": token, "prev_step_end": self.last_end, "commit_start": t0, "commit_end": t1,
+             "next_step_start": None, **extra}
+        self.commits.append(c)
+        self._open.append(c)
+
 
 class WeightReloadExtension:
-    """Worker-side entry points for in-place weight reload."""
+    """Worker-side entry points for in-place weight updates."""
 
-    def flywheel_reload_files(self, paths: list[str]) -> int:
-        """Load safetensors files (in ``/dev/shm`` or on shared storage) in one reload; returns tensor count."""
-        from safetensors import safe_open
-
+    # ------------------------------------------------------------------ fallback: vLLM reload
+    def flywheel_reload_files(self, paths: list[str], token: str = "reload") -> int:
+        """Load safetensors files in one ``reload_weights`` (engine paused); returns tensor count."""
         count = [0]
 
         def tensors():
-            for path in paths:
-                with safe_open(path, framework="pt", device="cpu") as f:
-                    for name in f.keys():
-                        count[0] += 1
-                        yield name, f.get_tensor(name)
+            for item in _read_files(paths):
+                count[0] += 1
+                yield item
 
+        t0 = time.perf_counter()
         self.model_runner.reload_weights(weights_iterator=tensors())
+        self._flywheel_record(token, t0)
         return count[0]
+
+    # ------------------------------------------------------------------ prepare, then commit
+    def flywheel_prepare(self, paths: list[str], token: str) -> bool:
+        """Start preparing the update in ``paths`` in the background; False if unsupported here
+        (then use :meth:`flywheel_reload_files`). Returns at once."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return False
+        job: dict[str, Any] = {"done": threading.Event(), "result": None, "error": None}
+        self._flywheel_jobs()[token] = job
+        cfg = self.model_runner.vllm_config
+
+        def work() -> None:
+            from rollout.inplace_update import prepare_update
+
+            job["start"] = time.perf_counter()
+            try:
+                job["result"] = prepare_update(self.model_runner.get_model(), _read_files(paths),
+                                               tp_size=cfg.parallel_config.tensor_parallel_size,
+                                               lora=cfg.lora_config is not None)
+            except Exception as e:  # noqa: BLE001 - reported to the caller by flywheel_prepared
+                job["error"] = f"{type(e).__name__}: {e}"
+            finally:
+                job["end"] = time.perf_counter()
+                job["done"].set()
+
+        threading.Thread(target=work, name=f"flywheel-prepare-{token}", daemon=True).start()
+        return True
+
+    def flywheel_prepared(self, token: str) -> str | None:
+        """None while preparing; then "ok" or the error (an unsupported update: fall back to reload)."""
+        job = self._flywheel_jobs()[token]
+        if not job["done"].is_set():
+            return None
+        if job["error"] is not None:
+            self._flywheel_jobs().pop(token, None)
+            return job["error"]
+        return "ok"
+
+    def flywheel_commit(self, token: str) -> int:
+        """Install a prepared update (send it while the engine is paused); returns tensor count."""
+        job = self._flywheel_jobs().pop(token)
+        job["done"].wait()  # normally already done: the engine polls flywheel_prepared first
+        if job["error"] is not None:
+            raise RuntimeError(f"weight update {token} failed to prepare: {job['error']}")
+        t0 = time.perf_counter()
+        job["result"].commit()
+        self._flywheel_record(token, t0, prepare_start=job["start"], prepare_end=job["end"])
+        return job["result"].tensors
+
+    def flywheel_discard(self, token: str) -> None:
+        """Drop a prepared update that will not be committed."""
+        self._flywheel_jobs().pop(token, None)
+
+    # ------------------------------------------------------------------ step clock
+    def flywheel_install_step_clock(self) -> bool:
+        """Timestamp model steps from now on (idempotent)."""
+        if getattr(self, "_flywheel_clock", None) is None:
+            self._flywheel_clock = _StepClock(self.model_runner)
+        return True
+
+    def flywheel_commit_gaps(self, tokens: list[str]) -> dict:
+        """For the updates ``tokens``: end of the last step before it, its own start/end, start of
+        the next step (None until one ran); plus the last 64 normal gaps between steps (seconds)."""
+        clock = getattr(self, "_flywheel_clock", None)
+        if clock is None:
+            return {"commits": [], "gaps": []}
+        wanted = set(tokens)
+        return {"commits": [c for c in clock.commits if c["token"] in wanted], "gaps": list(clock.gaps)[-64:]}
+
+    def _flywheel_record(self, token: str, t0: float, **extra: float) -> None:
+        clock = getattr(self, "_flywheel_clock", None)
+        if clock is not None:
+            clock.record(token, t0, time.perf_counter(), **extra)
+
+    def _flywheel_jobs(self) -> dict:
+        if getattr(self, "_flywheel_prepare_jobs", None) is None:
+            self._flywheel_prepare_jobs = {}
+        return self._flywheel_prepare_jobs
 
     def flywheel_parameter_names(self) -> list[str]:
         """The checkpoint-format parameter names the model accepts (for validating an update)."""

@@ -13,6 +13,12 @@ Weights: ``load_weights(version, weights)`` with ``weights`` a ``{name: CPU tens
 ``ObjectRef`` from ``ray.put`` to fan one copy out to many workers through the object store), or
 ``load_weights_file(version, path)`` for a safetensors file; the GPU path joins vLLM's NCCL
 weight-transfer engine (:mod:`rollout.weight_sync`). Build workers with :func:`create_workers`.
+
+Restarts: with ``max_restarts`` (``worker_restarts``) Ray restarts a dead worker by re-running
+``__init__``: a fresh ``incarnation`` id, version 0, no continuous loop. A driver keeps ``watch()``
+in flight (it fails the moment the process dies) and, on failure, polls ``health()`` until it answers
+with a new incarnation, then starts the engine, republishes the current weights and restarts the
+continuous loop (:class:`services.grpo_job.RolloutFleet` does this).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 from rollout.config import RolloutConfig, SamplingConfig
@@ -41,6 +48,8 @@ class RolloutWorker:
         self._running = False
         self._inflight_prompts: dict[str, dict] = {}
         self._t_start = time.time()
+        self.incarnation = uuid.uuid4().hex
+        """Changes on every (re)start of the actor: how a driver tells a restarted worker from a slow one."""
 
     async def ready(self) -> dict:
         """Start the engine (idempotent); returns ``stats()``."""
@@ -162,6 +171,15 @@ class RolloutWorker:
 
     async def ping(self) -> str:
         return self.worker_id
+
+    async def health(self) -> dict[str, Any]:
+        """Cheap liveness answer (no engine call): who this is, which incarnation, weights, loop state."""
+        return {"worker_id": self.worker_id, "incarnation": self.incarnation, "version": self.engine.version,
+                "continuous": self._continuous is not None and not self._continuous.done(), "pid": os.getpid()}
+
+    async def watch(self) -> None:
+        """Never returns: a driver keeps one call in flight, and Ray fails it the moment this actor dies."""
+        await asyncio.Event().wait()
 
     async def shutdown(self) -> None:
         self._running = False

@@ -131,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"flywheel {args.command}: {e}", file=sys.stderr)
         return 2
-    code = _resolve(cmd.run)(cfg)
+    from pretraining.checkpoint import CheckpointError  # light: no torch at import
+
+    try:
+        code = _resolve(cmd.run)(cfg)
+    except CheckpointError as e:  # a broken checkpoint is bad input: one clear line, no traceback
+        print(f"flywheel {args.command}: {e}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

@@ -31,23 +31,38 @@ class QA:
 
 
 def read_jsonl_problems(path: str | Path) -> list[QA]:
-    """Problems from a JSONL file; a line without ``question`` or ``answer`` is an error naming it."""
+    """Problems from a JSONL file. Every bad line is an error naming the file, the line and the problem:
+    not JSON, not an object, ``question`` missing or not a non-empty string, ``answer`` missing, null or
+    empty (a number is fine: it becomes a string), ``difficulty`` not an integer. A file with no problem
+    at all is an error too (a stage cannot train on nothing)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}:{lineno}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from None
+            raise ValueError(f"{where}: not valid JSON: {e}") from None
         if not isinstance(row, dict) or "question" not in row or "answer" not in row:
-            raise ValueError(f"{path}:{lineno}: each line needs 'question' and 'answer'")
-        out.append(QA(str(row["question"]), str(row["answer"]), int(row.get("difficulty", 0))))
+            raise ValueError(f"{where}: each line needs 'question' and 'answer'")
+        question, answer, difficulty = row["question"], row["answer"], row.get("difficulty", 0)
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: 'question' must be a non-empty string, got {question!r}")
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+            raise ValueError(f"{where}: 'answer' must be a non-empty string or a number, got {answer!r}")
+        if isinstance(difficulty, bool) or not isinstance(difficulty, int):
+            raise ValueError(f"{where}: 'difficulty' must be an integer, got {difficulty!r}")
+        out.append(QA(question, str(answer), difficulty))
     if not out:
-        raise ValueError(f"{path}: no problems")
+        raise ValueError(f"{path}: no problems (the file is empty or has only blank lines)")
     return out
 
 
@@ -73,6 +88,22 @@ def heldout_problems(cfg: Any) -> list[QA]:
     if not levels:
         raise ValueError("eval needs eval.difficulties or eval.data_file when every stage reads a data_file")
     return synthetic_problems("heldout", levels, ev.num_problems, ev.seed)
+
+
+def check_data_files(cfg: Any) -> None:
+    """Read every JSONL file the job (``GRPOJobConfig``) names, stages and eval, so that a bad line in the
+    last stage's file stops the job before any training rather than hours into it."""
+    for s, stage in enumerate(cfg.stages):
+        if stage.data_file:
+            try:
+                read_jsonl_problems(stage.data_file)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"stages.{s}.data_file: {e}") from None
+    if cfg.eval.enabled and cfg.eval.data_file:
+        try:
+            read_jsonl_problems(cfg.eval.data_file)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"eval.data_file: {e}") from None
 
 
 def load_tokenizer(checkpoint: str):

@@ -20,7 +20,13 @@ What it does, in order:
 5. at each stage end: held-out accuracy (avg@k, pass@k, greedy), an HF export that vLLM and
    ``flywheel eval`` load unchanged, a checkpoint; at the end, PNG plots and ``summary.json``.
 
-Per-step lines go to the log, every metric to ``<output_dir>/metrics.jsonl``.
+Per-step lines go to the log, every metric to ``<output_dir>/metrics.jsonl`` (with the ids of the
+groups each step trained on, ``trained_groups``, and the worker restarts seen in it, ``worker_restarts``).
+
+Faults (docs/grpo.md, "Faults"): a rollout worker that dies is rejoined by :class:`RolloutFleet`
+(its prompts re-queued, Ray restarts it, it gets the current weights and resumes generating); a dead
+verifier actor is absorbed by the pool's retries (``rewards.ray_pool``); a stopped job resumes from
+its checkpoint without losing or repeating a rollout.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,271 @@ from services.grpo_schedule import IdleClock, JobProgress, prompts_to_issue, sta
 from services.job_config import GRPOJobConfig, stage_loss, stage_name, stage_reward
 
 log = logging.getLogger("flywheel.grpo")
+
+
+@dataclass
+class _Rejoin:
+    """Where one lost worker is on its way back (``RolloutFleet``)."""
+
+    since: float
+    """``time.monotonic()`` when the worker was found dead."""
+    step: str = "health"
+    """``health`` (wait for a new incarnation), ``ready`` (engine start), ``load`` (weights), ``start``."""
+    ref: Any = None
+    """The call in flight for ``step`` (None: a ``health`` retry is due at ``not_before``)."""
+    not_before: float = 0.0
+    version: int = 0
+    """Weight version the worker holds (0 after a restart)."""
+    loading: int = 0
+    requeued: int = 0
+    """Prompts leased to it that went back to the queue."""
+    running: bool = False
+    """Its continuous loop runs (started by the rejoin, or a false alarm: the worker never died)."""
+    died: int = 0
+    """``ActorDiedError`` answers so far (Ray gave up restarting it after a few)."""
+
+
+class RolloutFleet:
+    """The job's rollout workers, and what keeps the job going when one dies.
+
+    Every up worker has a ``watch()`` call in flight; :meth:`poll` (a local ``ray.wait(timeout=0)``,
+    no RPC, cheap enough for every driver loop iteration) sees it fail the moment the worker dies.
+    The fleet then re-queues the prompts leased to the worker (``PromptSource.requeue_lessee``), polls
+    ``health()`` every ``HEALTH_RETRY_S`` (a restarting actor answers ``ActorUnavailableError`` at once)
+    until a new incarnation answers, and brings it back one call at a time without blocking the driver:
+    start the engine, load the *current* weights (again if a newer version was published meanwhile),
+    restart continuous generation, watch again. A worker that Ray no longer restarts
+    (``rollout.worker_restarts`` used up) is dropped; when no worker is left the job fails, naming them.
+    """
+
+    HEALTH_RETRY_S = 1.0
+    REJOIN_TIMEOUT_S = 1800.0
+    """A lost worker not back after this long counts as dead (a vLLM start is 40-300 s on 2 cores)."""
+
+    def __init__(self, workers: list[Any]):
+        import ray
+
+        self.workers = list(workers)
+        health = ray.get([w.health.remote() for w in self.workers])
+        self.ids = [h["worker_id"] for h in health]
+        self.incarnation = [h["incarnation"] for h in health]
+        self.state = ["up"] * len(self.workers)
+        """``up``, ``rejoining`` or ``dead`` per worker."""
+        self._watch = {i: w.watch.remote() for i, w in enumerate(self.workers)}
+        self._rejoin: dict[int, _Rejoin] = {}
+        self.version, self.weights = 0, None
+        """The last published version and its weights (an ObjectRef), for rejoining workers."""
+        self.continuous: tuple | None = None
+        """``start_continuous`` arguments while a stage trains (a rejoined worker resumes with them)."""
+        self.publish_refs: dict[int, Any] = {}
+        self.restarts = 0
+        self.recoveries: list[dict[str, Any]] = []
+        """Per rejoined worker: id, weight version it got, seconds from death to generating again."""
+
+    def up(self) -> list[int]:
+        return [i for i, st in enumerate(self.state) if st == "up"]
+
+    # ---- failure handling ---------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Notice dead workers and move rejoining ones on, without blocking; returns restarts seen now."""
+        import ray
+
+        before = self.restarts
+        if self._watch:
+            done, _ = ray.wait(list(self._watch.values()), num_returns=len(self._watch), timeout=0)
+            for i, ref in list(self._watch.items()):
+                if ref in done:
+                    self._lost(i, ref)
+        now = time.monotonic()
+        for i, r in list(self._rejoin.items()):
+            if r.ref is None:
+                if now >= r.not_before:
+                    r.ref = self.workers[i].health.remote()
+            elif ray.wait([r.ref], timeout=0)[0]:
+                self._advance(i, r)
+        if not any(st != "dead" for st in self.state):
+            raise RuntimeError(f"every rollout worker died for good ({', '.join(self.ids)}): Ray's restarts "
+                               "(rollout.worker_restarts) are used up; raise it or find why they die")
+        return self.restarts - before
+
+    def _requeue(self, i: int) -> int:
+        import ray
+
+        if self.continuous is None:
+            return 0
+        n = ray.get(self.continuous[0].requeue_lessee.remote(self.ids[i]), timeout=60)  # back to the head
+        log.warning("%s: %d leased prompt(s) re-queued", self.ids[i], n)
+        return n
+
+    def _lost(self, i: int, watch_ref: Any) -> None:
+        import ray
+
+        try:
+            ray.get(watch_ref)
+            err = "watch() returned"
+        except Exception as e:  # RayActorError (died / restarting); anything else is just as fatal here
+            err = f"{type(e).__name__}"
+        del self._watch[i]
+        self.publish_refs.pop(i, None)
+        self.state[i] = "rejoining"
+        log.warning("rollout worker %s lost (%s); waiting for Ray to restart it", self.ids[i], err)
+        requeued = self._requeue(i)
+        self._rejoin[i] = _Rejoin(since=time.monotonic(), ref=self.workers[i].health.remote(), requeued=requeued)
+
+    def _advance(self, i: int, r: _Rejoin) -> None:
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        try:
+            out = ray.get(r.ref)
+        except RayActorError as e:  # restarting (ActorUnavailableError) or gone (ActorDiedError)
+            r.died += isinstance(e, ActorDiedError)
+            if r.died >= 3 or time.monotonic() - r.since > self.REJOIN_TIMEOUT_S:
+                self._dead(i, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                return
+            if r.step != "health":  # died again while rejoining: its new leases go back too
+                r.requeued += self._requeue(i)
+            r.step, r.ref, r.not_before = "health", None, time.monotonic() + self.HEALTH_RETRY_S
+            return
+        except Exception as e:  # the engine failed to start, a weight load was refused, ...
+            self._dead(i, f"{type(e).__name__}: {e}")
+            return
+        w = self.workers[i]
+        if r.step == "health":
+            if out["incarnation"] != self.incarnation[i]:
+                self.restarts += 1
+                self.incarnation[i] = out["incarnation"]
+                log.warning("rollout worker %s restarted by Ray (pid %s) after %.1f s; starting its engine",
+                            self.ids[i], out.get("pid"), time.monotonic() - r.since)
+            r.version, r.running = int(out["version"]), bool(out["continuous"])
+            r.step, r.ref = "ready", w.ready.remote()
+            return
+        if r.step == "load":
+            r.version = r.loading
+        r.running = r.running or r.step == "start"
+        if self.weights is not None and self.version > r.version:  # current weights first
+            r.step, r.loading = "load", self.version
+            r.ref = w.load_weights.remote(self.version, self.weights)
+        elif self.continuous is not None and not r.running:
+            r.step, r.ref = "start", w.start_continuous.remote(*self.continuous)
+        else:
+            self._up(i, r)
+
+    def _up(self, i: int, r: _Rejoin) -> None:
+        del self._rejoin[i]
+        self.state[i] = "up"
+        self._watch[i] = self.workers[i].watch.remote()
+        rec = {"worker": self.ids[i], "version": r.version, "requeued": r.requeued,
+               "recovery_s": round(time.monotonic() - r.since, 2)}
+        self.recoveries.append(rec)
+        log.warning("rollout worker %s back: weights version %d, generating again %.1f s after it died",
+                    self.ids[i], r.version, rec["recovery_s"])
+
+    def _dead(self, i: int, why: str) -> None:
+        self._rejoin.pop(i, None)
+        self.state[i] = "dead"
+        log.error("rollout worker %s is gone for good (%s); the job goes on with %d worker(s)", self.ids[i],
+                  why, len(self.up()))
+
+    def wait_for_up(self) -> list[int]:
+        """Indices of up workers, waiting (polling) while every live worker is rejoining."""
+        while not self.up():
+            self.poll()
+            time.sleep(0.5)
+        return self.up()
+
+    # ---- calls on the workers -----------------------------------------------------------------------
+    def publish(self, version: int, weights: Any, wait: bool) -> None:
+        """Send ``weights`` as ``version`` to every up worker (rejoining ones get them when they are back)."""
+        self.wait_published()  # never pile updates up: the previous one must have landed
+        self.version, self.weights = version, weights
+        for i in self.up():
+            self.publish_refs[i] = self.workers[i].load_weights.remote(version, weights)
+        if wait:
+            self.wait_published()
+
+    def wait_published(self) -> None:
+        """Wait for the last publish on the workers still up (a worker dying meanwhile is dropped)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        while self.publish_refs:
+            refs = list(self.publish_refs.values())
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            for i, ref in list(self.publish_refs.items()):
+                if ref in done:
+                    del self.publish_refs[i]
+                    try:
+                        ray.get(ref)
+                    except RayActorError:
+                        pass  # its watch fails too: poll() re-queues and rejoins it
+            self.poll()
+
+    def start_continuous(self, source: Any, sink: Any, sampling: dict, max_in_flight: int) -> None:
+        self.continuous = (source, sink, sampling, max_in_flight)
+        for i in self.up():
+            self.workers[i].start_continuous.remote(*self.continuous)
+
+    def stop_continuous(self) -> None:
+        """Stop pulling prompts; in-flight prompts finish and stream out (dead workers are skipped)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        self.continuous = None
+        starting = [r.ref for r in self._rejoin.values() if r.step == "start" and r.ref is not None]
+        if starting:  # a loop that is just starting is stopped too
+            ray.wait(starting, num_returns=len(starting), timeout=60)
+        self.poll()
+        running = self.up() + [i for i, r in self._rejoin.items() if r.running]
+        for r in self._rejoin.values():
+            r.running = False  # the next stage's loop starts once it is back
+        for i, ref in [(i, self.workers[i].stop_continuous.remote()) for i in running]:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                log.warning("rollout worker %s died while stopping", self.ids[i])
+
+    def stats(self) -> list[dict[str, Any]]:
+        """``stats()`` of the up workers that answer within 30 s."""
+        import ray
+
+        refs = [self.workers[i].stats.remote() for i in self.up()]
+        done = ray.wait(refs, num_returns=len(refs), timeout=30)[0] if refs else []
+        out = []
+        for ref in done:
+            try:
+                out.append(ray.get(ref))
+            except Exception as e:  # a worker dying now is the watch's business, not the metrics'
+                log.warning("worker stats unavailable: %s", type(e).__name__)
+        return out
+
+    def map(self, method: str, payloads: list[Any], *args: Any) -> list[Any]:
+        """``method(payload, *args)`` for every payload, spread over the up workers; a payload whose worker
+        dies is run again on a live one. Results in payload order."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        results: list[Any] = [None] * len(payloads)
+        todo = list(range(len(payloads)))
+        while todo:
+            up = self.wait_for_up()
+            refs = {k: getattr(self.workers[up[j % len(up)]], method).remote(payloads[k], *args)
+                    for j, k in enumerate(todo)}
+            todo = []
+            for k, ref in refs.items():
+                try:
+                    results[k] = ray.get(ref)
+                except RayActorError:
+                    todo.append(k)
+            self.poll()
+        return results
+
+    def kill(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self._watch, self._rejoin, self.publish_refs = {}, {}, {}
 
 
 class GRPOJob:
@@ -55,13 +327,16 @@ class GRPOJob:
         """Scored groups pulled from the experience stream but not trained on yet."""
         self.pending: list[dict[str, Any]] = []
         """Prompts issued but not returned at the last checkpoint (re-issued on resume)."""
-        self.workers: list[Any] = []
+        self.fleet: RolloutFleet | None = None
         self.learner_pg = self.rollout_pg = None
         self.learner = self.experience = self.sink = None
         self.worker_max_len = 0
-        self.publish_refs: list[Any] = []
         self.evals: list[dict[str, Any]] = []
         self.steps_this_run = 0
+        self.worker_recoveries: list[dict[str, Any]] = []
+        """Rollout workers rejoined after a death in this run (id, weight version loaded, seconds)."""
+        self.scoring_stats: dict[str, Any] = {}
+        """The scoring sink's counters at shutdown (verifier retries and outage included)."""
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _connect_ray(self) -> None:
@@ -126,41 +401,33 @@ class GRPOJob:
 
         from rollout.worker import create_workers
 
-        if self.workers and self.worker_max_len >= max_model_len:
+        if self.fleet is not None and self.worker_max_len >= max_model_len:
             return
         self._stop_workers()
         rc = self.cfg.rollout.model_copy(update={"model": self.cfg.model, "max_model_len": max_model_len})
         t0 = time.perf_counter()
-        self.workers = create_workers(rc, placement_group=self.rollout_pg)
+        self.fleet = RolloutFleet(create_workers(rc, placement_group=self.rollout_pg))
         self.worker_max_len = max_model_len
         if self.progress.version > 0:  # carry the trained weights into the fresh engines
             self._publish(self.progress.version, wait=True)
-        ray.get([w.get_version.remote() for w in self.workers])
-        log.info("%d rollout worker(s) up (max_model_len %d) in %.1fs", len(self.workers), max_model_len,
+        ray.get([w.get_version.remote() for w in self.fleet.workers])
+        log.info("%d rollout worker(s) up (max_model_len %d) in %.1fs", len(self.fleet.workers), max_model_len,
                  time.perf_counter() - t0)
 
     def _stop_workers(self) -> None:
-        import ray
-
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
-        self.publish_refs = []
+        if self.fleet is not None:
+            self.worker_recoveries += self.fleet.recoveries
+            self.fleet.kill()
+            self.fleet = None
 
     def _publish(self, version: int, wait: bool) -> float:
         """Push the learner's full weights to every worker as ``version``; returns seconds to hand them over."""
-        import ray
-
         t0 = time.perf_counter()
-        if self.publish_refs:  # never pile updates up: the previous one must have landed
-            ray.get(self.publish_refs)
+        self.fleet.wait_published()  # never pile updates up: the previous one must have landed
         weights = self.learner.publish_weights()  # stays in the object store; workers fetch it
         if self.tied_embeddings:  # vLLM has no lm_head parameter to load when it is tied to the embeddings
             weights = _drop_tied_lm_head_task().remote(weights)  # in the object store, not via the driver
-        self.publish_refs = [w.load_weights.remote(version, weights) for w in self.workers]
-        if wait:
-            ray.get(self.publish_refs)
-            self.publish_refs = []
+        self.fleet.publish(version, weights, wait)
         return time.perf_counter() - t0
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -188,9 +455,11 @@ class GRPOJob:
     def _setup(self) -> None:
         import ray
 
+        from services.grpo_data import check_data_files
         from services.grpo_scoring import ScoringSink
 
         c = self.cfg
+        check_data_files(c)  # a bad line in the last stage's file stops the job now, not hours into it
         self.learner_pg, self.rollout_pg = self._placement_groups()
         self.learner = self._start_learner(self._resume_dir())
         self.tokenizer = load_tokenizer(c.model)
@@ -209,7 +478,8 @@ class GRPOJob:
             rows = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
             write_plots(self.out, rows, self.evals, [stage_name(c, i) for i in range(len(c.stages))])
         summary = {"stages": self.progress.stop_reasons, "evals": self.evals,
-                   "global_step": self.progress.global_step, "version": self.progress.version}
+                   "global_step": self.progress.global_step, "version": self.progress.version,
+                   "worker_recoveries": self.worker_recoveries + (self.fleet.recoveries if self.fleet else [])}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info("done: %s", json.dumps(summary["evals"][-1] if self.evals else summary))
 
@@ -228,6 +498,11 @@ class GRPOJob:
                 except Exception as e:  # the run's result is already on disk; report, do not mask it
                     log.warning("shutting down the %s failed: %s", name, e)
         if self.sink is not None:
+            try:
+                self.scoring_stats = ray.get(self.sink.stats.remote(), timeout=60)
+                log.info("scoring: %s; worker recoveries: %s", self.scoring_stats, self.worker_recoveries)
+            except Exception as e:  # noqa: BLE001 - only diagnostics are lost
+                log.warning("scoring sink stats unavailable: %s", e)
             ray.kill(self.sink)  # its verifier actors are owned by it and go with it
         for pg in (self.learner_pg, self.rollout_pg):
             if pg is not None:
@@ -296,13 +571,12 @@ class GRPOJob:
         self.pending = []
         sampling = SamplingConfig(n=stage.group_size, temperature=stage.temperature, top_p=stage.top_p,
                                   max_tokens=stage.max_response_tokens, seed=None)
-        for w in self.workers:
-            w.start_continuous.remote(source, self.sink, sampling.model_dump(), c.rollout.max_in_flight)
+        self.fleet.start_continuous(source, self.sink, sampling.model_dump(), c.rollout.max_in_flight)
         bar = tqdm(total=stage.steps, initial=p.step_in_stage, desc=stage_name(c, s), disable=not c.progress_bar,
                    dynamic_ncols=True, file=sys.stderr)
         batch: list[dict[str, Any]] = []
         drawn = dropped = drawn_samples = drawn_correct = 0
-        rollout_tokens = 0
+        rollout_tokens = restarts = 0
         t_step = time.perf_counter()
         wait_s = 0.0
         idle = IdleClock(t_step)
@@ -315,14 +589,11 @@ class GRPOJob:
                     in_flight.update((q["prompt_id"], q) for q in new)
                     source.add.remote(new)
                 idle.mark(bool(in_flight), time.perf_counter())
+                restarts += self.fleet.poll()  # a dead worker's prompts are re-queued, the worker rejoined
                 t0 = time.perf_counter()
                 got = self.experience.get(stage.prompts_per_step, timeout=1.0)
                 wait_s += time.perf_counter() - t0
-                for g in got:
-                    if in_flight.pop(g["group_id"], None) is None:
-                        continue  # not ours (another stage, or a duplicate after resume)
-                    rollout_tokens += sum(len(x["completion_token_ids"]) for x in g["samples"])
-                    self.buffer.append(g)
+                rollout_tokens += self._accept(got, in_flight)
                 idle.mark(bool(in_flight), time.perf_counter())
                 while self.buffer and len(batch) < stage.prompts_per_step:
                     g = self.buffer.pop(0)
@@ -337,8 +608,12 @@ class GRPOJob:
                 if len(batch) < stage.prompts_per_step:
                     continue
                 metrics = self.learner.train_step(batch)
+                metrics = {**metrics, "worker_restarts": restarts,
+                           "trained_groups": {g["group_id"]: len(g["samples"]) for g in batch}}
                 version = int(metrics.get("version", p.version + 1))
-                sync_s = self._publish(version, wait=sync)
+                # a step the learner skipped (every sample older than max_staleness) leaves the version as
+                # it was: publishing it again would be refused by the workers as a stale update
+                sync_s = self._publish(version, wait=sync) if version > p.version else 0.0
                 now = time.perf_counter()
                 elapsed = now - t_step
                 idle_share = idle.take(now) / max(elapsed, 1e-9)
@@ -346,11 +621,12 @@ class GRPOJob:
                     s, p, batch, metrics, version=version, dropped=dropped, elapsed=elapsed, sync_s=sync_s,
                     rollout_tokens=rollout_tokens, learner_wait_s=wait_s, in_flight=len(in_flight),
                     rollout_idle_share=idle_share, rollout_accuracy=drawn_correct / max(drawn_samples, 1),
-                    worker_stats=ray.get([w.stats.remote() for w in self.workers]) if c.worker_stats else None)
+                    worker_stats=self.fleet.stats() if c.worker_stats else None)
                 p.record_step(row["reward_mean"], version)
                 p.data_position = cursor.position
                 bar.update(1)
                 batch, drawn, dropped, drawn_samples, drawn_correct, rollout_tokens, wait_s = [], 0, 0, 0, 0, 0, 0.0
+                restarts = 0
                 t_step = now
                 self.steps_this_run += 1
                 reason = stage_stop_reason(p.step_in_stage, stage.steps, p.stage_rewards,
@@ -361,19 +637,35 @@ class GRPOJob:
                     break
                 stop_run = self._run_budget_spent()
                 if stop_run or (c.checkpoint.every_steps and p.global_step % c.checkpoint.every_steps == 0):
-                    self.pending = list(in_flight.values())  # re-issued on resume: nothing lost or repeated
+                    # what was delivered joins the buffer through the same filter, so a group is either
+                    # buffered or its prompt pending (re-issued on resume): nothing lost or repeated
+                    rollout_tokens += self._accept(self.experience.get(10**6, timeout=0.0)
+                                                   if self.experience.size() else [], in_flight)
+                    self.pending = list(in_flight.values())
                     self._checkpoint()
                     self.pending = []
                 if stop_run:
                     break
         finally:
             bar.close()
-            ray.get([w.stop_continuous.remote() for w in self.workers])
+            self.fleet.stop_continuous()
             ray.kill(source)
-        if self.publish_refs:
-            ray.get(self.publish_refs)
-            self.publish_refs = []
+        self.fleet.wait_published()
         self.buffer = []  # left-over groups belong to this stage's data; the next stage starts fresh
+
+    def _accept(self, groups: list[dict[str, Any]], in_flight: dict[str, dict[str, Any]]) -> int:
+        """Buffer the returned groups whose prompt is in flight; returns their completion tokens.
+
+        Anything else is dropped: another stage's late groups, and duplicates (a dead worker's group
+        that reached the sink before its prompt was re-queued, a pending prompt re-issued on resume
+        whose first group was still in the Redis stream)."""
+        tokens = 0
+        for g in groups:
+            if in_flight.pop(g["group_id"], None) is None:
+                continue
+            tokens += sum(len(x["completion_token_ids"]) for x in g["samples"])
+            self.buffer.append(g)
+        return tokens
 
     # ---- evaluation and checkpoints -----------------------------------------------------------------
     def _evaluate(self, label: str, s: int) -> dict[str, Any]:
@@ -393,9 +685,9 @@ class GRPOJob:
         if ev.greedy:
             modes.append(("greedy", SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)))
         for mode, sampling in modes:
-            shards = [self.heldout[i::len(self.workers)] for i in range(len(self.workers))]
-            groups = sum(ray.get([w.generate.remote(sh, sampling.model_dump())
-                                  for w, sh in zip(self.workers, shards) if sh]), [])
+            n = len(self.fleet.wait_for_up())
+            shards = [sh for sh in (self.heldout[i::n] for i in range(n)) if sh]
+            groups = sum(self.fleet.map("generate", shards, sampling.model_dump()), [])
             scored = ray.get(self.sink.score.remote(groups))
             result.update(evaluation_metrics(scored, mode, ev.k))
         result["eval_s"] = time.perf_counter() - t0
@@ -404,9 +696,11 @@ class GRPOJob:
         return result
 
     def _checkpoint(self) -> None:
-        """Learner state + job progress + unconsumed experience; ``latest.json`` points at it."""
-        more = self.experience.get(10**6, timeout=0.0) if self.experience.size() else []
-        self.buffer.extend(more)
+        """Learner state + job progress + unconsumed experience; ``latest.json`` points at it.
+
+        Groups still in the stream are not pulled here (mid-stage the driver has already moved them into
+        the buffer through ``_accept``; at a stage end they belong to the finished stage): with Redis
+        they stay unacknowledged or undelivered and come back after a resume, where ``_accept`` sorts them."""
         tag = f"step_{self.progress.global_step:07d}"
         path = self.out / "checkpoints" / tag
         extra = {"progress": self.progress.to_dict(), "buffer": self.buffer, "pending": self.pending,

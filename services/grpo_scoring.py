@@ -8,6 +8,10 @@ forwards the scored groups to the experience stream (Ray queue or Redis Streams,
 
 Groups from a stage other than the current one (late arrivals after a stage switch) are counted and
 dropped here, so they never reach the learner.
+
+A verifier actor that dies is restarted by Ray and the pool retries its chunk with backoff
+(:mod:`rewards.ray_pool`); meanwhile ``put`` blocks, so the rollout workers' pushes wait and nothing
+is lost. After the pool's last try ``put`` raises ``VerifierUnavailableError`` naming the actor.
 """
 
 from __future__ import annotations
@@ -93,7 +97,12 @@ class ScoringSink:
         self.forwarded += len(scored)
         return len(scored)
 
+    def verifier_actors(self) -> list[Any]:
+        """Handles of the verifier actors (fault tests kill them)."""
+        return list(self.pool.actors)
+
     def stats(self) -> dict[str, Any]:
+        """Counters, plus the pool's verifier retries and recovery times (see ``VerifierPool.stats``)."""
         return {"received": self.received, "forwarded": self.forwarded,
                 "dropped_other_stage": self.dropped_other_stage, "scored_samples": self.scored_samples,
-                "score_s": self.score_s}
+                "score_s": self.score_s, **self.pool.stats()}

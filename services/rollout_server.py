@@ -124,6 +124,7 @@ class RolloutService:
                              "Time generation was paused by the last update (slowest worker)", registry=r)
         self.m_workers = Gauge("flywheel_rollout_workers_alive", "Live rollout workers", registry=r)
         self.m_workers.set(router.num_alive)
+        self._model_tensors = model_tensors(cfg.rollout.model)
 
     # ------------------------------------------------------------------ accounting
     def count_tokens(self, n: int) -> None:
@@ -239,6 +240,7 @@ class RolloutService:
             if not sha256 or digest != sha256.lower():
                 raise RequestError(f"sha256 mismatch for {path!r}: got {sha256!r}, file has {digest}", 400,
                                    "checksum_mismatch")
+            self.check_weight_files(p)
             from rollout.engine import WeightUpdateError
 
             t0 = time.perf_counter()
@@ -258,9 +260,43 @@ class RolloutService:
             self.m_stall.set(stall_s)
             return {"version": version, "sync_s": sync_s, "stall_s": stall_s, "workers": len(recs)}
 
+    def check_weight_files(self, path: Path) -> None:
+        """Refuse (400, naming tensor and file) an update that is unreadable, lacks a tensor of the served
+        model, has one it does not know, or has one of another shape; the workers never see it, so the
+        weights being served stay as they were. Without a local checkpoint to compare with (a hub id),
+        only readability is checked here and the engines check names and shapes."""
+        from pretraining.checkpoint import CheckpointError, tensor_index
+
+        try:
+            got = tensor_index(path)
+        except CheckpointError as e:
+            raise RequestError(str(e), 400, "bad_weights") from None
+        want = self._model_tensors
+        if not want:
+            return
+        for name, (file, shape) in got.items():
+            if name not in want:
+                raise RequestError(f"{file}: unknown tensor {name!r}; the served model has no such parameter",
+                                   400, "bad_weights")
+            if shape != want[name][1]:
+                raise RequestError(f"{file}: tensor {name!r} has shape {shape}, the served model expects "
+                                   f"{want[name][1]}", 400, "bad_weights")
+        missing = sorted(set(want) - set(got))
+        if missing:
+            files = ", ".join(sorted({f for f, _ in got.values()}))
+            raise RequestError(f"tensor {missing[0]!r} is missing from {files} ({len(missing)} of the served model's "
+                               f"{len(want)} tensors missing); an update must carry every tensor", 400, "bad_weights")
+
     def status(self) -> dict[str, Any]:
         return {"model": self.model_name, "weight_version": self.version, "workers": self.router.num_alive,
                 "queue_depth": self.active, "in_flight": sum(self.router.load)}
+
+
+def model_tensors(model: str) -> dict[str, tuple[str, list[int]]]:
+    """Tensors of the served checkpoint (``name -> (file, shape)``), or {} when it is not a local folder."""
+    from pretraining.checkpoint import tensor_index
+
+    return tensor_index(model) if Path(model).is_dir() and any(Path(model).glob("*.safetensors")) else {}
 
 
 # ---------------------------------------------------------------------- process entry
@@ -314,6 +350,14 @@ def main(cfg: RolloutServerConfig) -> int:
     if not Path(cfg.rollout.model).exists() and "/" not in cfg.rollout.model:
         log.error("model %r not found (pass --model CHECKPOINT_DIR)", cfg.rollout.model)
         return 2
+    if Path(cfg.rollout.model).is_dir():
+        from pretraining.checkpoint import CheckpointError, check_weights
+
+        try:  # before Ray and vLLM start: their failure would surface in a worker's log, not here
+            check_weights(cfg.rollout.model)
+        except (CheckpointError, FileNotFoundError) as e:
+            log.error("cannot serve %s: %s", cfg.rollout.model, e)
+            return 2
     ray.init(address=cfg.ray_address, include_dashboard=False, ignore_reinit_error=True)
     log.info("starting %d rollout worker(s) for %s", cfg.rollout.num_workers, cfg.rollout.model)
     workers = create_workers(cfg.rollout)

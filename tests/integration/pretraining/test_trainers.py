@@ -51,10 +51,11 @@ def test_sft_trains_on_assistant_tokens_and_exports(sft_checkpoint):
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "apo_zero"])
 def test_dpo_runs_each_loss_and_logs_margins(sft_checkpoint, tmp_path, loss):
     assert run_cli("dpo", "--config", str(REPO / "configs/dpo_tiny.yaml"), "--init_from", str(sft_checkpoint),
-                   "--out_dir", str(tmp_path), "--n_pairs", "16", "--batch_size", "8", "--loss", loss) == 0
+                   "--out_dir", str(tmp_path), "--n_pairs", "16", "--batch_size", "8", "--loss", loss,
+                   "--pairs", "synthetic", "--rpo_alpha", "0.5") == 0  # synthetic: no vLLM engine per loss
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 2
-    assert {"reward_chosen", "reward_rejected", "reward_margin", "preference_acc"} <= set(recs[0])
+    assert {"reward_chosen", "reward_rejected", "reward_margin", "preference_acc", "nll_chosen"} <= set(recs[0])
     # first step: policy == reference, so every implicit reward is 0
     assert recs[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
     assert (tmp_path / "final/model.safetensors").is_file()

@@ -58,14 +58,27 @@ def _generate_with_update_midway(ray, worker, version: int, weights: dict, max_t
     watch = worker.stream_completion.options(num_returns="streaming").remote(
         {"prompt_token_ids": [9, 9, 9]}, {"max_tokens": max_tokens, "temperature": 1.0})
     seen = 0
+    deltas = []
     for piece in watch:
-        seen += len(ray.get(piece)["token_ids"])
+        deltas.append(ray.get(piece))
+        seen += len(deltas[-1]["token_ids"])
         if seen >= 20:
             break
     rec = ray.get(worker.load_weights.remote(version, ray.put(weights)))
-    for _ in watch:  # let the watcher finish
-        pass
+    deltas += [ray.get(piece) for piece in watch]  # let the watcher finish
+    _check_streamed_versions(deltas, before=seen, old=version - 1, new=version)
     return ray.get(ref), rec
+
+
+def _check_streamed_versions(deltas: list[dict], before: int, old: int, new: int) -> None:
+    """The last delta of a stream carries the exact version of every token of the completion: the
+    ``before`` tokens streamed before the update was sent are ``old``, then old...old new...new."""
+    final = deltas[-1]
+    assert final["finish_reason"] in ("length", "stop")
+    versions = final["completion_versions"]
+    assert len(versions) == sum(len(d["token_ids"]) for d in deltas)
+    assert versions[:before] == [old] * before
+    _split({"versions": versions}, old, new)
 
 
 def _split(sample: dict, old: int, new: int) -> int:
