@@ -1,0 +1,282 @@
+"""The GRPO job's rollout workers as one fleet that survives worker deaths (``services.grpo_job``).
+
+Each worker always has a ``watch()`` call in flight; the driver checks those refs with a local
+``ray.wait(timeout=0)`` every loop iteration (no RPC), so a death is seen at once. A dead worker's
+leased prompts go back to the prompt source, Ray restarts the actor (``rollout.worker_restarts``), and
+the fleet brings the new incarnation back one non-blocking call at a time: start the engine, load the
+current weights, restart continuous generation. Training never stops for it. A worker Ray will not
+restart again is dropped; with none left the job fails naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("flywheel.grpo")
+
+@dataclass
+class _Rejoin:
+    """Where one lost worker is on its way back (``RolloutFleet``)."""
+
+    since: float
+    """``time.monotonic()`` when the worker was found dead."""
+    step: str = "health"
+    """``health`` (wait for a new incarnation), ``ready`` (engine start), ``load`` (weights), ``start``."""
+    ref: Any = None
+    """The call in flight for ``step`` (None: a ``health`` retry is due at ``not_before``)."""
+    not_before: float = 0.0
+    version: int = 0
+    """Weight version the worker holds (0 after a restart)."""
+    loading: int = 0
+    requeued: int = 0
+    """Prompts leased to it that went back to the queue."""
+    running: bool = False
+    """Its continuous loop runs (started by the rejoin, or a false alarm: the worker never died)."""
+    died: int = 0
+    """``ActorDiedError`` answers so far (Ray gave up restarting it after a few)."""
+
+
+class RolloutFleet:
+    """The job's rollout workers, and what keeps the job going when one dies.
+
+    Every up worker has a ``watch()`` call in flight; :meth:`poll` (a local ``ray.wait(timeout=0)``,
+    no RPC, cheap enough for every driver loop iteration) sees it fail the moment the worker dies.
+    The fleet then re-queues the prompts leased to the worker (``PromptSource.requeue_lessee``), polls
+    ``health()`` every ``HEALTH_RETRY_S`` (a restarting actor answers ``ActorUnavailableError`` at once)
+    until a new incarnation answers, and brings it back one call at a time without blocking the driver:
+    start the engine, load the *current* weights (again if a newer version was published meanwhile),
+    restart continuous generation, watch again. A worker that Ray no longer restarts
+    (``rollout.worker_restarts`` used up) is dropped; when no worker is left the job fails, naming them.
+    """
+
+    HEALTH_RETRY_S = 1.0
+    REJOIN_TIMEOUT_S = 1800.0
+    """A lost worker not back after this long counts as dead (a vLLM start is 40-300 s on 2 cores)."""
+
+    def __init__(self, workers: list[Any]):
+        import ray
+
+        self.workers = list(workers)
+        health = ray.get([w.health.remote() for w in self.workers])
+        self.ids = [h["worker_id"] for h in health]
+        self.incarnation = [h["incarnation"] for h in health]
+        self.state = ["up"] * len(self.workers)
+        """``up``, ``rejoining`` or ``dead`` per worker."""
+        self._watch = {i: w.watch.remote() for i, w in enumerate(self.workers)}
+        self._rejoin: dict[int, _Rejoin] = {}
+        self.version, self.weights = 0, None
+        """The last published version and its weights (an ObjectRef), for rejoining workers."""
+        self.continuous: tuple | None = None
+        """``start_continuous`` arguments while a stage trains (a rejoined worker resumes with them)."""
+        self.publish_refs: dict[int, Any] = {}
+        self.restarts = 0
+        self.recoveries: list[dict[str, Any]] = []
+        """Per rejoined worker: id, weight version it got, seconds from death to generating again."""
+
+    def up(self) -> list[int]:
+        return [i for i, st in enumerate(self.state) if st == "up"]
+
+    # ---- failure handling ---------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Notice dead workers and move rejoining ones on, without blocking; returns restarts seen now."""
+        import ray
+
+        before = self.restarts
+        if self._watch:
+            done, _ = ray.wait(list(self._watch.values()), num_returns=len(self._watch), timeout=0)
+            for i, ref in list(self._watch.items()):
+                if ref in done:
+                    self._lost(i, ref)
+        now = time.monotonic()
+        for i, r in list(self._rejoin.items()):
+            if r.ref is None:
+                if now >= r.not_before:
+                    r.ref = self.workers[i].health.remote()
+            elif ray.wait([r.ref], timeout=0)[0]:
+                self._advance(i, r)
+        if not any(st != "dead" for st in self.state):
+            raise RuntimeError(f"every rollout worker died for good ({', '.join(self.ids)}): Ray's restarts "
+                               "(rollout.worker_restarts) are used up; raise it or find why they die")
+        return self.restarts - before
+
+    def _requeue(self, i: int) -> int:
+        import ray
+
+        if self.continuous is None:
+            return 0
+        n = ray.get(self.continuous[0].requeue_lessee.remote(self.ids[i]), timeout=60)  # back to the head
+        log.warning("%s: %d leased prompt(s) re-queued", self.ids[i], n)
+        return n
+
+    def _lost(self, i: int, watch_ref: Any) -> None:
+        import ray
+
+        try:
+            ray.get(watch_ref)
+            err = "watch() returned"
+        except Exception as e:  # RayActorError (died / restarting); anything else is just as fatal here
+            err = f"{type(e).__name__}"
+        del self._watch[i]
+        self.publish_refs.pop(i, None)
+        self.state[i] = "rejoining"
+        log.warning("rollout worker %s lost (%s); waiting for Ray to restart it", self.ids[i], err)
+        requeued = self._requeue(i)
+        self._rejoin[i] = _Rejoin(since=time.monotonic(), ref=self.workers[i].health.remote(), requeued=requeued)
+
+    def _advance(self, i: int, r: _Rejoin) -> None:
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        try:
+            out = ray.get(r.ref)
+        except RayActorError as e:  # restarting (ActorUnavailableError) or gone (ActorDiedError)
+            r.died += isinstance(e, ActorDiedError)
+            if r.died >= 3 or time.monotonic() - r.since > self.REJOIN_TIMEOUT_S:
+                self._dead(i, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                return
+            if r.step != "health":  # died again while rejoining: its new leases go back too
+                r.requeued += self._requeue(i)
+            r.step, r.ref, r.not_before = "health", None, time.monotonic() + self.HEALTH_RETRY_S
+            return
+        except Exception as e:  # the engine failed to start, a weight load was refused, ...
+            self._dead(i, f"{type(e).__name__}: {e}")
+            return
+        w = self.workers[i]
+        if r.step == "health":
+            if out["incarnation"] != self.incarnation[i]:
+                self.restarts += 1
+                self.incarnation[i] = out["incarnation"]
+                log.warning("rollout worker %s restarted by Ray (pid %s) after %.1f s; starting its engine",
+                            self.ids[i], out.get("pid"), time.monotonic() - r.since)
+            r.version, r.running = int(out["version"]), bool(out["continuous"])
+            r.step, r.ref = "ready", w.ready.remote()
+            return
+        if r.step == "load":
+            r.version = r.loading
+        r.running = r.running or r.step == "start"
+        if self.weights is not None and self.version > r.version:  # current weights first
+            r.step, r.loading = "load", self.version
+            r.ref = w.load_weights.remote(self.version, self.weights)
+        elif self.continuous is not None and not r.running:
+            r.step, r.ref = "start", w.start_continuous.remote(*self.continuous)
+        else:
+            self._up(i, r)
+
+    def _up(self, i: int, r: _Rejoin) -> None:
+        del self._rejoin[i]
+        self.state[i] = "up"
+        self._watch[i] = self.workers[i].watch.remote()
+        rec = {"worker": self.ids[i], "version": r.version, "requeued": r.requeued,
+               "recovery_s": round(time.monotonic() - r.since, 2)}
+        self.recoveries.append(rec)
+        log.warning("rollout worker %s back: weights version %d, generating again %.1f s after it died",
+                    self.ids[i], r.version, rec["recovery_s"])
+
+    def _dead(self, i: int, why: str) -> None:
+        self._rejoin.pop(i, None)
+        self.state[i] = "dead"
+        log.error("rollout worker %s is gone for good (%s); the job goes on with %d worker(s)", self.ids[i],
+                  why, len(self.up()))
+
+    def wait_for_up(self) -> list[int]:
+        """Indices of up workers, waiting (polling) while every live worker is rejoining."""
+        while not self.up():
+            self.poll()
+            time.sleep(0.5)
+        return self.up()
+
+    # ---- calls on the workers -----------------------------------------------------------------------
+    def publish(self, version: int, weights: Any, wait: bool) -> None:
+        """Send ``weights`` as ``version`` to every up worker (rejoining ones get them when they are back)."""
+        self.wait_published()  # never pile updates up: the previous one must have landed
+        self.version, self.weights = version, weights
+        for i in self.up():
+            self.publish_refs[i] = self.workers[i].load_weights.remote(version, weights)
+        if wait:
+            self.wait_published()
+
+    def wait_published(self) -> None:
+        """Wait for the last publish on the workers still up (a worker dying meanwhile is dropped)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        while self.publish_refs:
+            refs = list(self.publish_refs.values())
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            for i, ref in list(self.publish_refs.items()):
+                if ref in done:
+                    del self.publish_refs[i]
+                    try:
+                        ray.get(ref)
+                    except RayActorError:
+                        pass  # its watch fails too: poll() re-queues and rejoins it
+            self.poll()
+
+    def start_continuous(self, source: Any, sink: Any, sampling: dict, max_in_flight: int) -> None:
+        self.continuous = (source, sink, sampling, max_in_flight)
+        for i in self.up():
+            self.workers[i].start_continuous.remote(*self.continuous)
+
+    def stop_continuous(self) -> None:
+        """Stop pulling prompts; in-flight prompts finish and stream out (dead workers are skipped)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        self.continuous = None
+        starting = [r.ref for r in self._rejoin.values() if r.step == "start" and r.ref is not None]
+        if starting:  # a loop that is just starting is stopped too
+            ray.wait(starting, num_returns=len(starting), timeout=60)
+        self.poll()
+        running = self.up() + [i for i, r in self._rejoin.items() if r.running]
+        for r in self._rejoin.values():
+            r.running = False  # the next stage's loop starts once it is back
+        for i, ref in [(i, self.workers[i].stop_continuous.remote()) for i in running]:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                log.warning("rollout worker %s died while stopping", self.ids[i])
+
+    def stats(self) -> list[dict[str, Any]]:
+        """``stats()`` of the up workers that answer within 30 s."""
+        import ray
+
+        refs = [self.workers[i].stats.remote() for i in self.up()]
+        done = ray.wait(refs, num_returns=len(refs), timeout=30)[0] if refs else []
+        out = []
+        for ref in done:
+            try:
+                out.append(ray.get(ref))
+            except Exception as e:  # a worker dying now is the watch's business, not the metrics'
+                log.warning("worker stats unavailable: %s", type(e).__name__)
+        return out
+
+    def map(self, method: str, payloads: list[Any], *args: Any) -> list[Any]:
+        """``method(payload, *args)`` for every payload, spread over the up workers; a payload whose worker
+        dies is run again on a live one. Results in payload order."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        results: list[Any] = [None] * len(payloads)
+        todo = list(range(len(payloads)))
+        while todo:
+            up = self.wait_for_up()
+            refs = {k: getattr(self.workers[up[j % len(up)]], method).remote(payloads[k], *args)
+                    for j, k in enumerate(todo)}
+            todo = []
+            for k, ref in refs.items():
+                try:
+                    results[k] = ray.get(ref)
+                except RayActorError:
+                    todo.append(k)
+            self.poll()
+        return results
+
+    def kill(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self._watch, self._rejoin, self.publish_refs = {}, {}, {}
