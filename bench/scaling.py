@@ -39,11 +39,7 @@ def start_worker(cfg, worker_id: str, bind: str | None):
 
     from rollout.worker import RolloutWorker, worker_options
 
-    opts = worker_options(cfg)
-    env = dict(opts["runtime_env"]["env_vars"])
-    if bind is not None:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    opts["runtime_env"] = {"env_vars": env}
+    opts = worker_options(cfg.model_copy(update={"cpu_threads_bind": None if bind is None else [bind]}))
     return ray.remote(RolloutWorker).options(**opts).remote(cfg.model_dump(), worker_id)
 
 

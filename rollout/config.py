@@ -51,6 +51,10 @@ class RolloutConfig(BaseModel):
     """Engine dtype; ``auto`` takes the checkpoint's."""
     kv_cache_gib: int = Field(1, ge=1, le=4096)
     """CPU KV-cache size per engine in GiB (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPU."""
+    cpu_threads_bind: list[str] | None = None
+    """CPU engines only: ``VLLM_CPU_OMP_THREADS_BIND`` per worker, worker ``i`` gets entry ``i % len``
+    (e.g. ``["0", "1"]`` or ``["0-7", "8-15"]``). None keeps vLLM's ``auto``, which pins every engine's
+    compute to the same first core(s) of its node, so several workers on one host share those cores."""
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     """Fraction of each GPU's memory vLLM may use (GPU only)."""
     enforce_eager: bool = True

@@ -187,14 +187,16 @@ class RolloutWorker:
 
 
 def worker_options(cfg: RolloutConfig, placement_group=None, bundle_index: int | None = None,
-                   resources: dict[str, float] | None = None) -> dict:
-    """``ray.remote(...).options`` for one worker from the config (plus an optional placement)."""
+                   resources: dict[str, float] | None = None, index: int = 0) -> dict:
+    """``ray.remote(...).options`` for worker ``index`` from the config (plus an optional placement)."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib), "TOKENIZERS_PARALLELISM": "false"}
+    if cfg.cpu_threads_bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_threads_bind[index % len(cfg.cpu_threads_bind)]
     opts: dict[str, Any] = {
         "num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
         "max_restarts": cfg.worker_restarts, "max_concurrency": 10_000,
         "resources": {**cfg.resources_per_worker, **(resources or {})},
-        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
-                                     "TOKENIZERS_PARALLELISM": "false"}},
+        "runtime_env": {"env_vars": env},
     }
     if placement_group is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -218,7 +220,7 @@ def create_workers(cfg: RolloutConfig, placement_group=None, resources: dict[str
     workers = []
     for i in range(cfg.num_workers):
         bundle = i if i < n_bundles else None
-        opts = worker_options(cfg, placement_group, bundle, resources)
+        opts = worker_options(cfg, placement_group, bundle, resources, index=i)
         workers.append(actor_cls.options(**opts).remote(cfg.model_dump(), f"{name_prefix}-{i}"))
     if wait:
         ray.get([w.ready.remote() for w in workers])

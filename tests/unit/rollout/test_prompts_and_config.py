@@ -120,3 +120,13 @@ def test_cli_knows_serve_rollout():
     out = subprocess.run([sys.executable, "-m", "services.cli", "serve-rollout", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "model" in out and "rollout.reprefill_after_versions" in out and "NOT IMPLEMENTED" not in out
+
+
+def test_cpu_threads_bind_gives_each_worker_its_own_cores():
+    from rollout.config import RolloutConfig
+    from rollout.worker import worker_options
+
+    cfg = RolloutConfig(model="m", num_workers=3, cpu_threads_bind=["0", "1"])
+    binds = [worker_options(cfg, index=i)["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] for i in range(3)]
+    assert binds == ["0", "1", "0"]
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in worker_options(RolloutConfig(model="m"))["runtime_env"]["env_vars"]
