@@ -294,10 +294,12 @@ class LearnerWorker:
         }
 
     # ---- weights and checkpoints ------------------------------------------------------------------
-    def full_state_dict(self, dtype: str | None = None) -> dict:
+    def full_state_dict(self, dtype: str | None = None, drop_tied: bool = False) -> dict:
         """The full (unsharded) model state on CPU, on rank 0 (other ranks return {}); a collective.
 
         ``dtype`` (e.g. ``"bfloat16"``) casts floating tensors, for publishing to a bf16 rollout engine.
+        ``drop_tied`` leaves out ``lm_head.weight`` when it is tied to the embeddings: an inference
+        engine (vLLM) has no such parameter to load, the embedding is the same tensor.
         """
         import torch
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -305,6 +307,8 @@ class LearnerWorker:
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank != 0:
             return {}
+        if drop_tied and getattr(self.model.config, "tie_word_embeddings", False):
+            sd.pop("lm_head.weight", None)
         if dtype is not None:
             dt = getattr(torch, dtype)
             sd = {k: v.to(dt) if v.is_floating_point() else v for k, v in sd.items()}
@@ -433,10 +437,11 @@ class Learner:
 
     def publish_weights(self, dtype: str | None = None):
         """Gather the full state dict and leave it in the Ray object store: returns rank 0's ObjectRef
-        (pass it to each rollout worker's ``load_weights(version, ref)``) without copying it here."""
+        (pass it to each rollout worker's ``load_weights(version, ref)``) without copying it here. A
+        tied ``lm_head.weight`` is left out (the engine loads the embedding once)."""
         import ray
 
-        refs = [w.full_state_dict.remote(dtype) for w in self.workers]
+        refs = [w.full_state_dict.remote(dtype, drop_tied=True) for w in self.workers]
         ray.get(refs[1:])
         ray.wait(refs[:1])
         return refs[0]
@@ -445,7 +450,8 @@ class Learner:
         """The full model state (CPU tensors, HF parameter names) fetched into this process."""
         import ray
 
-        return ray.get(self.publish_weights(dtype))
+        refs = [w.full_state_dict.remote(dtype) for w in self.workers]
+        return ray.get(refs)[0]
 
     def save_checkpoint(self, directory: str, extra: dict | None = None) -> str:
         return self._all("save_checkpoint", str(directory), extra or {})[0]

@@ -32,7 +32,6 @@ its checkpoint without losing or repeating a rollout.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -171,8 +170,6 @@ class GRPOJob:
         t0 = time.perf_counter()
         self.fleet.wait_published()  # never pile updates up: the previous one must have landed
         weights = self.learner.publish_weights()  # stays in the object store; workers fetch it
-        if self.tied_embeddings:  # vLLM has no lm_head parameter to load when it is tied to the embeddings
-            weights = _drop_tied_lm_head_task().remote(weights)  # in the object store, not via the driver
         self.fleet.publish(version, weights, wait)
         return time.perf_counter() - t0
 
@@ -209,7 +206,6 @@ class GRPOJob:
         self.learner_pg, self.rollout_pg = self._placement_groups()
         self.learner = self._start_learner(self._resume_dir())
         self.tokenizer = load_tokenizer(c.model)
-        self.tied_embeddings = _tied_embeddings(c.model)
         self.experience = self._start_experience()
         self.sink = ray.remote(num_cpus=0)(ScoringSink).remote(
             self.experience.sink, stage_reward(c, self.progress.stage).model_dump(),
@@ -461,23 +457,6 @@ class GRPOJob:
 
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s", path)
-
-
-def _tied_embeddings(checkpoint: str) -> bool:
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
-    return bool(cfg.get("tie_word_embeddings", False))
-
-
-def _drop_tied_lm_head_fn(state: dict) -> dict:
-    return {k: v for k, v in state.items() if k != "lm_head.weight"}
-
-
-@functools.cache
-def _drop_tied_lm_head_task():
-    """The Ray task (defined on first use: importing this module must not import ray)."""
-    import ray
-
-    return ray.remote(num_cpus=0)(_drop_tied_lm_head_fn)
 
 
 def main(cfg: GRPOJobConfig) -> int:

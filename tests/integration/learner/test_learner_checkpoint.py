@@ -126,3 +126,11 @@ def test_temperature_scales_the_policy_logprobs(tiny_checkpoint, process_group, 
     plain = worker(tiny_checkpoint, process_group).train_step(groups)
     assert hot["entropy"] > plain["entropy"]  # softmax(logits / 2) is flatter
     assert hot["tis_weight_mean"] != pytest.approx(plain["tis_weight_mean"])
+
+
+def test_published_weights_leave_out_a_tied_lm_head(tiny_checkpoint, process_group):
+    """vLLM has no ``lm_head.weight`` to load when it is tied to the embeddings (the pipeline's models)."""
+    w = worker(tiny_checkpoint, process_group)
+    full, published = w.full_state_dict(), w.full_state_dict("bfloat16", drop_tied=True)
+    assert "lm_head.weight" in full and "lm_head.weight" not in published
+    assert set(published) == set(full) - {"lm_head.weight"}

@@ -29,14 +29,3 @@ def test_apply_rewards_writes_total_parts_and_verdict():
     assert (a["reward"], a["correct"]) == (1.0, True)
     assert (b["reward"], b["correct"], b["reward_parts"]["overlong"]) == (-0.5, False, -0.5)
     assert groups[1]["samples"][0]["reward_parts"] == {"correctness": 0.0, "format": 0.0, "overlong": 0.0}
-
-
-def test_tied_lm_head_is_dropped_before_publishing(tmp_path):
-    """vLLM has no ``lm_head.weight`` to load when it is tied to the embeddings (the pipeline's models)."""
-    import json
-
-    from services.grpo_job import _drop_tied_lm_head_fn, _tied_embeddings
-
-    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
-    assert _tied_embeddings(str(tmp_path))
-    assert _drop_tied_lm_head_fn({"lm_head.weight": 1, "model.embed_tokens.weight": 2}) == {"model.embed_tokens.weight": 2}
