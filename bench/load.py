@@ -36,6 +36,8 @@ from typing import Any, Awaitable, Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from learner.actor import free_port  # noqa: E402  (light: no torch at import)
+
 MiB = 2**20
 
 
@@ -116,14 +118,6 @@ def memory_report(pid: int, snaps: list[dict[int, tuple[str, int]]]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- servers
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     import httpx
 
@@ -163,19 +157,26 @@ def _stop(proc: subprocess.Popen) -> int:
     return code
 
 
-def start_reward_server(log_dir: Path) -> tuple[subprocess.Popen, str, str]:
-    http, grpc_port = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "services.cli", "serve-reward", "--http_port", str(http), "--grpc_port",
-           str(grpc_port), "--workers", "2"]
-    log = open(log_dir / "reward-server.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, health_url: str, timeout: float,
+           what: str) -> subprocess.Popen:
+    """Start a server process (output to ``log_path``) and wait until ``health_url`` answers 200."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_healthy(f"http://127.0.0.1:{http}/healthz", proc, 180)
+        _wait_healthy(health_url, proc, timeout)
     except BaseException:
         if proc.poll() is None:
             _stop(proc)
-        raise RuntimeError(f"reward server did not start; see {log.name}") from None
+        raise RuntimeError(f"{what} did not start; see {log.name}") from None
+    return proc
+
+
+def start_reward_server(log_dir: Path) -> tuple[subprocess.Popen, str, str]:
+    http, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "services.cli", "serve-reward", "--http_port", str(http), "--grpc_port",
+           str(grpc_port), "--workers", "2"]
+    proc = _spawn(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, log_dir / "reward-server.log",
+                  f"http://127.0.0.1:{http}/healthz", 180, "reward server")
     return proc, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}"
 
 
@@ -183,23 +184,17 @@ def start_rollout_server(log_dir: Path) -> tuple[subprocess.Popen, str]:
     from rollout.tiny_checkpoint import build_tiny_qwen3
 
     model = build_tiny_qwen3(log_dir / "tiny-qwen3")
-    http, grpc_port = _free_port(), _free_port()
+    http, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "services.cli", "serve-rollout", "--model", str(model),
            "--http_port", str(http), "--grpc_port", str(grpc_port), "--ray_address", "local",
            "--max_prompt_tokens", "256", "--max_tokens", "256", "--max_n", "8",
            "--rollout.dtype", "float32", "--rollout.max_model_len", "1024", "--rollout.kv_cache_gib", "1",
            "--rollout.max_in_flight", "8", "--rollout.num_cpus_per_worker", "1"]
-    log = open(log_dir / "rollout-server.log", "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
            "RAY_TMPDIR": str(log_dir),  # a Ray of its own, never a cluster someone else started
            "RAY_raylet_start_wait_time_s": "180"}  # a busy machine starts Ray slowly
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{http}/healthz", proc, 900)
-    except BaseException:
-        if proc.poll() is None:
-            _stop(proc)
-        raise RuntimeError(f"rollout server did not start; see {log.name}") from None
+    proc = _spawn(cmd, env, log_dir / "rollout-server.log", f"http://127.0.0.1:{http}/healthz", 900,
+                  "rollout server")
     return proc, f"http://127.0.0.1:{http}"
 
 
