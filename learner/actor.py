@@ -439,19 +439,22 @@ class Learner:
         """Gather the full state dict and leave it in the Ray object store: returns rank 0's ObjectRef
         (pass it to each rollout worker's ``load_weights(version, ref)``) without copying it here. A
         tied ``lm_head.weight`` is left out (the engine loads the embedding once)."""
-        import ray
-
-        refs = [w.full_state_dict.remote(dtype, drop_tied=True) for w in self.workers]
-        ray.get(refs[1:])
-        ray.wait(refs[:1])
-        return refs[0]
+        return self._gather(dtype, drop_tied=True)
 
     def full_state_dict(self, dtype: str | None = None) -> dict:
         """The full model state (CPU tensors, HF parameter names) fetched into this process."""
         import ray
 
-        refs = [w.full_state_dict.remote(dtype) for w in self.workers]
-        return ray.get(refs)[0]
+        return ray.get(self._gather(dtype, drop_tied=False))
+
+    def _gather(self, dtype: str | None, drop_tied: bool):
+        """Every rank joins the gather (a collective); returns rank 0's ObjectRef once it is ready."""
+        import ray
+
+        refs = [w.full_state_dict.remote(dtype, drop_tied) for w in self.workers]
+        ray.get(refs[1:])
+        ray.wait(refs[:1])
+        return refs[0]
 
     def save_checkpoint(self, directory: str, extra: dict | None = None) -> str:
         return self._all("save_checkpoint", str(directory), extra or {})[0]
