@@ -301,7 +301,7 @@ class GRPOJob:
         c, p = self.cfg, self.progress
         stage = c.stages[s]
         loss = stage_loss(c, s)
-        ahead = loss.max_staleness if loss.max_staleness is not None else c.issue_ahead_steps
+        ahead = c.issue_ahead_steps if loss.max_staleness is None else min(c.issue_ahead_steps, loss.max_staleness)
         sync = ahead == 0
         prompts = to_prompts(stage_problems(stage, c.seed + s), self.tokenizer, s, c.max_prompt_tokens,
                              f"s{s}")

@@ -178,7 +178,11 @@ class GRPOJobConfig(BaseModel):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     """Checkpointing and resume."""
     issue_ahead_steps: int = Field(2, ge=0, le=1000)
-    """Batches of prompts kept in flight ahead of the learner when ``loss.max_staleness`` is None (no limit)."""
+    """Batches of prompts kept in flight ahead of the learner, capped at ``loss.max_staleness`` (0 there =
+    synchronous). Keep it below ``max_staleness``: a prompt issued k batches ahead is trained about k+1
+    versions after the weights that generate it (the worker loads each update while the learner already
+    computes the next), so ahead == max_staleness drops many samples as too stale. Measured on the tiny
+    config: ahead 2 with max_staleness 2 dropped 40 of 64 samples in most steps; with max_staleness 4 none."""
     dynamic_sampling: bool = True
     """Drop groups whose rewards are all equal (no signal) and keep pulling until the batch is full (DAPO)."""
     max_draws_per_step: float = Field(4.0, ge=1.0, le=1000.0)
