@@ -10,8 +10,10 @@ AdamW with linear LR warmup, gradient accumulation over micro-batches with loss 
 the whole optimizer step (so N ranks x M micro-batches give the one-big-batch update), global gradient
 norm clipping.
 
-The policy version is the number of optimizer steps taken (plus the starting version); the job
-publishes ``full_state_dict()`` under ``metrics["version"]`` after each ``train_step``.
+The policy version counts the ``train_step`` calls that changed the weights (plus the starting
+version), not optimizer steps: the job publishes ``full_state_dict()`` under ``metrics["version"]``
+once per ``train_step``, and staleness (``loss.max_staleness``) is measured in published policies, so a
+batch cut into several optimizer steps (PPO mini-batches) does not make in-flight samples look older.
 
 Checkpoints (``save_checkpoint``): an HF folder (``model.safetensors`` + config + tokenizer files, so
 vLLM and transformers load it unchanged) plus ``optimizer.pt`` (full optimizer state, loaded with
@@ -255,7 +257,7 @@ class LearnerWorker:
             counts = self._all_reduce(counts)
             norm = Normalizer(tokens=float(counts[0]), sequences=float(counts[1]))
             for b in batches:
-                logp, ent = self._token_logprobs(self.model, b, with_entropy=lc.entropy_coef > 0)
+                logp, ent = self._token_logprobs(self.model, b, with_entropy=lc.entropy_coef != 0)
                 old_lp = b["old_logprobs"].to(self.device) if "old_logprobs" in b else logp.detach()
                 ref = None
                 if self.ref_model is not None:
@@ -279,7 +281,7 @@ class LearnerWorker:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self.version += 1
+        self.version += 1
         sums = self._all_reduce(sums)
         tok = max(float(sums[7]), 1.0)
         elapsed = time.perf_counter() - t0
