@@ -29,8 +29,10 @@ class LossConfig(BaseModel):
     kl_coef: float = Field(0.0, ge=0.0)
     """Weight of the k3 KL estimate to the reference policy (the starting checkpoint); 0 = no KL and no
     reference model is loaded."""
-    entropy_coef: float = Field(0.0, ge=0.0)
-    """Weight of the entropy bonus (subtracted from the loss); 0 = entropy is only measured."""
+    entropy_coef: float = Field(0.0, ge=-1.0, le=1.0)
+    """Weight of the entropy term: ``loss -= entropy_coef * entropy``. Positive = entropy bonus (keeps the
+    policy exploring); negative = entropy penalty (sharpens the policy toward its own mode, entropy
+    minimisation); 0 = entropy is only measured."""
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance sampling: each token's loss is weighted by min(pi_old / pi_behaviour, tis_cap)
     with pi_behaviour the log-prob the rollout engine recorded; ``None`` = off."""

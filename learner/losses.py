@@ -5,7 +5,7 @@
   the rollout engine recorded, so tokens from older weights are corrected, not ignored.
 - ``clipped_policy_loss``: PPO ratio loss with separate low/high clip (DAPO clip-higher).
 - ``kl_k3``: the k3 estimator of KL(pi_theta || pi_ref), always >= 0.
-- ``token_entropy``: entropy of the policy at every position.
+- ``token_entropy``: entropy of the policy at every position (bonus or penalty, ``entropy_coef``).
 - ``aggregate``: token-level (DAPO), sequence-level (GRPO) or constant-normalised (Dr.GRPO) reduction,
   with the denominators passed in so that gradient accumulation and several ranks give the same update
   as one big batch.
@@ -144,9 +144,9 @@ def grpo_loss(
         kl = kl_k3(logprobs, ref_logprobs)
         per_token = per_token + cfg.kl_coef * kl
     ent = entropy if entropy is not None else torch.zeros_like(logprobs)
-    if cfg.entropy_coef > 0:
+    if cfg.entropy_coef != 0:
         if entropy is None:
-            raise ValueError("entropy_coef > 0 needs the per-token entropy")
+            raise ValueError("entropy_coef != 0 needs the per-token entropy")
         per_token = per_token - cfg.entropy_coef * ent
     loss = aggregate(per_token, mask, cfg.aggregation, norm, cfg.constant_norm)
     on = (mask > 0).float()

@@ -120,6 +120,15 @@ def test_grpo_loss_entropy_bonus_lowers_loss():
     assert float(parts.loss) == pytest.approx(-0.01 * 2.0)
 
 
+def test_grpo_loss_negative_entropy_coef_is_a_penalty():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    ent = torch.tensor([[1.0, 3.0]])
+    cfg = LossConfig(entropy_coef=-0.05, tis_cap=None)
+    parts = grpo_loss(cfg, logp, logp.detach(), logp.detach(), torch.tensor([0.0]), torch.ones(1, 2),
+                      Normalizer(2, 1), entropy=ent)
+    assert float(parts.loss) == pytest.approx(0.05 * 2.0)  # mean entropy 2.0 added: minimising it sharpens
+
+
 def test_kl_without_reference_is_a_clear_error():
     x = torch.zeros(1, 1)
     with pytest.raises(ValueError, match="ref_logprobs"):
