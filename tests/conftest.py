@@ -2,7 +2,7 @@
 
 - ``gpu`` tests skip (with the reason) when no CUDA device is visible.
 - ``redis_url``: a real ``redis-server`` on a free loopback port for the whole session.
-- ``free_port()``: a free TCP port on 127.0.0.1.
+- ``free_port()``: a free TCP port (``learner.actor.free_port``, re-exported for the tests).
 - ``stop_processes_under(temp_dirs)``: end the processes (and children) of a Ray cluster started with
   ``--temp-dir`` in one of ``temp_dirs`` (``ray stop`` would stop every cluster on the machine).
 """
@@ -12,20 +12,15 @@ from __future__ import annotations
 import os
 import signal
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from learner.actor import free_port  # noqa: F401  (re-exported; light: no torch at import)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_processes_under(temp_dirs: list[Path]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from learner.actor import free_port
+
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "deploy" / "k8s"
 FLYWHEEL = Path(sys.executable).parent / "flywheel"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _deployment(file: str) -> dict:
@@ -69,7 +64,7 @@ def _probe_urls(container: dict, ports: dict[str, int]) -> list[str]:
 
 
 def _run_and_probe(container: dict, extra: dict[str, str], timeout: float) -> None:
-    ports = {"http": _free_port(), "grpc": _free_port()}
+    ports = {"http": free_port(), "grpc": free_port()}
     cmd = _local_command(container, {"host": "127.0.0.1", "http_port": str(ports["http"]),
                                      "grpc_port": str(ports["grpc"]), **extra})
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
