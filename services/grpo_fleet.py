@@ -97,6 +97,9 @@ class RolloutFleet:
                     r.ref = self.workers[i].health.remote()
             elif ray.wait([r.ref], timeout=0)[0]:
                 self._advance(i, r)
+            elif now - r.since > self.REJOIN_TIMEOUT_S:  # a call that never returns (engine start hangs)
+                ray.kill(self.workers[i], no_restart=True)
+                self._dead(i, f"not back after {self.REJOIN_TIMEOUT_S:.0f} s (stuck in {r.step})")
         if not any(st != "dead" for st in self.state):
             raise RuntimeError(f"every rollout worker died for good ({', '.join(self.ids)}): Ray's restarts "
                                "(rollout.worker_restarts) are used up; raise it or find why they die")
