@@ -6,7 +6,10 @@
 Measures, one after another on the same machine (never two engines at once):
 
 - (a) our ``RolloutWorker`` (Ray actor, AsyncLLM, per-token versions and logprobs) ``generate``;
-- (b) bare vLLM ``LLM.generate`` in this process, same engine settings and sampling;
+- (b) bare vLLM ``LLM.generate`` in this process, same engine settings and sampling (vLLM's
+  defaults otherwise: text detokenized every step, log-probs as ``Logprob`` dicts); and, on the same
+  engine, (b2) the same call returning token ids and sampled log-probs only (``detokenize=False``,
+  ``flat_logprobs=True``), vLLM's floor for this workload (no text at all);
 - (c) transformers ``generate`` (batched, sampling, same number of sequences and new tokens), run in
   turn with (a) and (b) in every repeat;
 - (a) again while a thread pushes a new weight version every ``--update-every`` seconds: sync
@@ -20,6 +23,11 @@ engine process from the end of the last model step before the update to the star
 step after it (``SyncRecord.idle_s``), next to the normal gap between two steps. The caller's
 pause window (pause sent -> resume acknowledged, ``stall_s``) is reported too: it also contains the
 wait for the step that was running when the pause arrived, during which tokens are still produced.
+
+Where the crossover with transformers lies: ``--hidden-size`` / ``--layers`` build a wider or
+deeper random Qwen3, ``--prompts`` / ``--n`` change the number of sequences per call, ``--no-updates``
+skips the weight-update part, ``--vllm-bind`` gives both vLLM contenders another compute-thread
+binding (``VLLM_CPU_OMP_THREADS_BIND``; default: vLLM's ``auto``, one thread on this 2-core machine).
 
 Tokens/s counts completion tokens actually produced (a sample may stop early at EOS) over the
 wall time of the call, best of ``--repeats``. Prints a markdown table and the ratios against the
@@ -119,11 +127,15 @@ class VLLMContender:
                        seed=0, disable_log_stats=True)
         self.sp = SamplingParams(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
                                  max_tokens=sampling["max_tokens"], logprobs=0)
+        self.sp_ids = SamplingParams(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                     max_tokens=sampling["max_tokens"], logprobs=0, detokenize=False,
+                                     flat_logprobs=True)
 
-    def run(self, prompts) -> float:
+    def run(self, prompts, ids_only: bool = False) -> float:
+        """(b), or with ``ids_only`` (b2): no detokenization, flat log-probs."""
         inputs = [{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts]
         t0 = time.perf_counter()
-        outs = self.llm.generate(inputs, self.sp, use_tqdm=False)
+        outs = self.llm.generate(inputs, self.sp_ids if ids_only else self.sp, use_tqdm=False)
         return sum(len(c.token_ids) for o in outs for c in o.outputs) / (time.perf_counter() - t0)
 
     def close(self) -> None:
@@ -180,6 +192,11 @@ def main() -> None:
     ap.add_argument("--reload-updates", type=int, default=10,
                     help="updates through vLLM's reload_weights to measure for comparison (0: none)")
     ap.add_argument("--skip-baselines", action="store_true", help="only (a) and the weight updates")
+    ap.add_argument("--no-updates", action="store_true", help="throughput only: skip the weight-update runs")
+    ap.add_argument("--hidden-size", type=int, default=64, help="width of the built random Qwen3 (no --model)")
+    ap.add_argument("--layers", type=int, default=2, help="layers of the built random Qwen3 (no --model)")
+    ap.add_argument("--vllm-bind", default=None,
+                    help="VLLM_CPU_OMP_THREADS_BIND for (a) and (b), e.g. '0-1' (default: vLLM's auto)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -193,8 +210,13 @@ def main() -> None:
     from rollout.tiny_checkpoint import build_tiny_qwen3, perturbed_state_dict
 
     torch.set_num_threads(args.threads)
-    model = args.model or str(build_tiny_qwen3(Path("/tmp") / f"flywheel-bench-rollout-{os.getpid()}"))
-    cfg = RolloutConfig(model=model, dtype="float32", max_model_len=1024, num_cpus_per_worker=args.threads)
+    model = args.model or str(build_tiny_qwen3(Path("/tmp") / f"flywheel-bench-rollout-{os.getpid()}",
+                                               hidden_size=args.hidden_size, num_layers=args.layers,
+                                               num_heads=max(2, args.hidden_size // 64)))
+    if args.vllm_bind:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_bind  # (b), in this process
+    cfg = RolloutConfig(model=model, dtype="float32", max_model_len=1024, num_cpus_per_worker=args.threads,
+                        cpu_threads_bind=[args.vllm_bind] if args.vllm_bind else None)
     prompts = make_prompts(AutoTokenizer.from_pretrained(model), args.prompts)
     sampling = {"n": args.n, "max_tokens": args.max_tokens, "temperature": 1.0, "top_p": 1.0}
     weights = perturbed_state_dict(model, scale=0.01)
@@ -211,13 +233,20 @@ def main() -> None:
     hf = None if args.skip_baselines else HFContender(cfg, prompts, sampling)
     if hf:
         hf.run()
-    tps_a, tps_b, tps_c, tps_u, straddled, samples = [], [], [], [], 0, 0
-    for _ in range(args.repeats):  # a, b, c in turn: outside load hits every contender alike
+    tps_a, tps_b, tps_b2, tps_c, tps_u, straddled, samples = [], [], [], [], [], 0, 0
+    for _ in range(args.repeats):  # a, b, b2, c in turn: outside load hits every contender alike
+        time.sleep(0.3)  # each contender starts with the previous one's threads idle
         tps_a.append(wa.run(prompts, sampling)[0])
         if vb:
+            time.sleep(0.3)
             tps_b.append(vb.run(prompts))
+            time.sleep(0.3)
+            tps_b2.append(vb.run(prompts, ids_only=True))
         if hf:
+            time.sleep(0.3)
             tps_c.append(hf.run())
+        if args.no_updates:
+            continue
         tps, groups = wa.run(prompts, sampling, update_every=args.update_every)
         tps_u.append(tps)
         straddled = sum(1 for g in groups for s in g["samples"] if len(set(s["versions"])) > 1)
@@ -225,12 +254,13 @@ def main() -> None:
     if vb:
         vb.close()
     # more rounds with updates until enough landed mid-generation, then the reload path on the same engine
-    for _ in range(20):
+    for _ in range(0 if args.no_updates else 20):
         if len(_measured(wa.engine_syncs()[0], prepared=True)) >= args.min_updates:
             break
         wa.run(prompts, sampling, update_every=args.update_every)
-    wa.set_prepare_updates(False)
-    for _ in range(20):
+    if not args.no_updates:
+        wa.set_prepare_updates(False)
+    for _ in range(0 if args.no_updates else 20):
         if len(_measured(wa.engine_syncs()[0], prepared=False)) >= args.reload_updates:
             break
         wa.run(prompts, sampling, update_every=args.update_every)
@@ -238,33 +268,44 @@ def main() -> None:
     wa.close()
     ray.shutdown()
     c = max(tps_c) if tps_c else None
-    a, a_upd = max(tps_a), max(tps_u)
+    a, a_upd = max(tps_a), max(tps_u) if tps_u else None
     b = max(tps_b) if tps_b else None
+    b2 = max(tps_b2) if tps_b2 else None
     paired = [x / y for x, y in zip(tps_a, tps_b)]
+    paired_b2 = [x / y for x, y in zip(tps_a, tps_b2)]
     paired_c = [x / y for x, y in zip(tps_a, tps_c)]
-    print("per-repeat tokens/s  a:", [round(x) for x in tps_a], " b:", [round(x) for x in tps_b], " c:",
-          [round(x) for x in tps_c], " a+updates:", [round(x) for x in tps_u], " a/b per repeat:",
-          [round(r, 2) for r in paired], " a/c per repeat:", [round(r, 2) for r in paired_c])
+    print("per-repeat tokens/s  a:", [round(x) for x in tps_a], " b:", [round(x) for x in tps_b], " b2:",
+          [round(x) for x in tps_b2], " c:", [round(x) for x in tps_c], " a+updates:", [round(x) for x in tps_u],
+          " a/b per repeat:", [round(r, 2) for r in paired], " a/b2 per repeat:", [round(r, 2) for r in paired_b2],
+          " a/c per repeat:", [round(r, 2) for r in paired_c])
 
     fast, slow = _measured(syncs, prepared=True), _measured(syncs, prepared=False)
-    res = {"a_over_b_per_repeat": paired, "a_over_c_per_repeat": paired_c, "load_average": os.getloadavg(),
-           "tokens_per_s": {"worker": a, "vllm": b, "transformers": c, "worker_with_updates": a_upd},
+    res = {"a_over_b_per_repeat": paired, "a_over_b2_per_repeat": paired_b2, "a_over_c_per_repeat": paired_c,
+           "load_average": os.getloadavg(),
+           "tokens_per_s": {"worker": a, "vllm": b, "vllm_ids_only": b2, "transformers": c,
+                            "worker_with_updates": a_upd},
            "step_gap_ms_median": None if step_gap is None else 1000 * step_gap,
            "prepared": _summary(fast), "reload": _summary(slow),
            "samples_straddling_an_update": straddled,
-           "workload": f"{args.prompts} prompts x n={args.n} x {args.max_tokens} tokens, {args.threads} threads"}
+           "workload": f"{args.prompts} prompts x n={args.n} x {args.max_tokens} tokens, {args.threads} threads"
+                       + ("" if args.model else f", random Qwen3 hidden {args.hidden_size} x {args.layers} layers")}
     print(f"\nworkload: {res['workload']} ({model}); load average at the end {os.getloadavg()}\n")
     print("| measurement | value |\n| --- | --- |")
     print(f"| (a) RolloutWorker tokens/s | {a:.0f} |")
     if b and c:
         print(f"| (b) bare vLLM `LLM.generate` tokens/s | {b:.0f} |")
+        print(f"| (b2) bare vLLM, token ids only (`detokenize=False`, flat log-probs) tokens/s | {b2:.0f} |")
         print(f"| (c) transformers `generate` tokens/s | {c:.0f} |")
         print(f"| (a) / (b) (target >= 0.9), best of each / median of paired repeats | {a / b:.2f} / "
               f"{statistics.median(paired):.2f} |")
+        print(f"| (a) / (b2), best of each / median of paired repeats | {a / b2:.2f} / "
+              f"{statistics.median(paired_b2):.2f} |")
         print(f"| (a) / (c) (target >= 1.5), best of each / median of paired repeats | {a / c:.2f} / "
               f"{statistics.median(paired_c):.2f} |")
-    print(f"| (a) with an update every {args.update_every:g} s, tokens/s | {a_upd:.0f} ({a_upd / a:.2f} x no updates) |")
-    print(f"| samples straddling an update (last repeat) | {straddled}/{samples} |")
+    if a_upd is not None:
+        print(f"| (a) with an update every {args.update_every:g} s, tokens/s | {a_upd:.0f} "
+              f"({a_upd / a:.2f} x no updates) |")
+        print(f"| samples straddling an update (last repeat) | {straddled}/{samples} |")
     for label, sm in (("prepared, then committed while paused (default)", res["prepared"]),
                       ("vLLM `reload_weights` while paused (`prepare_updates: false`)", res["reload"])):
         if not sm:

@@ -194,6 +194,7 @@ class RolloutEngine:
         )
         self._llm = AsyncLLM.from_engine_args(args)
         self.tokenizer = self._llm.get_tokenizer() if hasattr(self._llm, "get_tokenizer") else None
+        self._decoder = CompletionDecoder.for_tokenizer(self.tokenizer)
         await self._llm.update_weight_version(str(self.version))
         await self._llm.collective_rpc("flywheel_install_step_clock")
         log.info("%s: engine for %s up in %.1f s", self.worker_id, self.cfg.model, time.perf_counter() - t0)
@@ -241,6 +242,27 @@ class RolloutEngine:
             output_kind=extra.pop("output_kind", RequestOutputKind.FINAL_ONLY), **extra,
         )
 
+    def _rollout_params(self, s: SamplingConfig, index: int, max_tokens: int):
+        """Sampling params of the trainer-facing path (groups): final output only, the sampled
+        token's log-prob in vLLM's flat container, and no per-step detokenization when the text can
+        be decoded once at the end (:class:`CompletionDecoder`; not with stop strings, which the
+        engine must see as text while generating).
+
+        Why: on CPU the ``AsyncLLM`` front end shares the cores with the model, and its per-step,
+        per-sequence work is the rollout's main overhead on small models: incremental
+        detokenization (a ``DecodeStream`` step plus a decoded string for the log-prob entry per
+        token) cost ~30% of tokens/s in an in-process A/B on the tiny model, and one ``Logprob``
+        object and dict per token another ~15%.
+        """
+        detokenize = bool(s.stop) or self._decoder is None
+        return self._params(s, index, max_tokens, detokenize=detokenize, flat_logprobs=True)
+
+    def _completion_text(self, c, params, prompt_ids: list[int], token_ids: list[int]) -> str:
+        """The completion's text: the engine's when it detokenized, else decoded here once."""
+        if params.detokenize or self._decoder is None:
+            return c.text
+        return self._decoder.decode(prompt_ids, token_ids, stop_terminated=_stop_terminated(c))
+
     @staticmethod
     def _engine_prompt(prompt: dict) -> dict:
         if prompt.get("prompt_token_ids"):
@@ -257,7 +279,7 @@ class RolloutEngine:
         tokens: list[int] = []
         logprobs: list[float] = []
         versions: list[int] = []
-        text = ""
+        texts: list[str] = []
         finish = "abort"
         while True:
             await self._resumed.wait()  # never submit into a paused engine mid-update
@@ -266,7 +288,7 @@ class RolloutEngine:
             self._track(rid, seq)
             final = None
             try:
-                params = self._params(s, index, s.max_tokens - len(tokens))
+                params = self._rollout_params(s, index, s.max_tokens - len(tokens))
                 async for out in self.llm.generate(engine_prompt, params, request_id=rid):
                     final = out
             finally:
@@ -276,10 +298,11 @@ class RolloutEngine:
             if prompt_ids is None:
                 prompt_ids = list(final.prompt_token_ids)
             c = final.outputs[0]
-            tokens += list(c.token_ids)
-            logprobs += [float(lp[t].logprob) for lp, t in zip(c.logprobs or [], c.token_ids)]
-            versions += _expand_versions(c.weight_versions, len(c.token_ids), seq.kv_version)
-            text += c.text
+            new_ids = list(c.token_ids)
+            texts.append(self._completion_text(c, params, list(prompt_ids) + tokens, new_ids))
+            tokens += new_ids
+            logprobs += sampled_logprobs(c.logprobs, new_ids)
+            versions += _expand_versions(c.weight_versions, len(new_ids), seq.kv_version)
             finish = c.finish_reason or "abort"
             if finish == "abort" and seq.reprefill and len(tokens) < s.max_tokens:
                 engine_prompt = {"prompt_token_ids": list(prompt_ids) + tokens}  # recompute KV with new weights
@@ -288,7 +311,7 @@ class RolloutEngine:
         self.stats.tokens += len(tokens)
         self.stats.samples += 1
         sample = Sample(completion_token_ids=tokens, logprobs=logprobs, versions=versions, finish_reason=finish,
-                        text=text, generation_s=time.perf_counter() - t0)
+                        text="".join(texts), generation_s=time.perf_counter() - t0)
         return list(prompt_ids or []), sample
 
     async def generate_group(self, prompt: dict, sampling: SamplingConfig | dict | None = None) -> dict:
@@ -319,7 +342,7 @@ class RolloutEngine:
         await self._resumed.wait()
         rid = f"{self.worker_id}-{prompt.get('prompt_id', 'p')}-g{uuid.uuid4().hex[:8]}"
         seq = _Seq(rid, self.version, can_reprefill=False)
-        params = self._params(s, 0, s.max_tokens)
+        params = self._rollout_params(s, 0, s.max_tokens)
         params.n = s.n
         params.seed = s.seed  # vLLM gives sample i the seed + i, as generate_sample does
         self._track(rid, seq)
@@ -332,15 +355,17 @@ class RolloutEngine:
         if final is None:
             raise RuntimeError(f"{self.worker_id}: request {rid} ended without output")
         samples = []
+        prompt_ids = list(final.prompt_token_ids or [])
         for c in sorted(final.outputs, key=lambda c: c.index):
+            ids = list(c.token_ids)
             samples.append(Sample(
-                completion_token_ids=list(c.token_ids),
-                logprobs=[float(lp[t].logprob) for lp, t in zip(c.logprobs or [], c.token_ids)],
-                versions=_expand_versions(c.weight_versions, len(c.token_ids), seq.kv_version),
-                finish_reason=c.finish_reason or "abort", text=c.text, generation_s=time.perf_counter() - t0))
-            self.stats.tokens += len(c.token_ids)
+                completion_token_ids=ids, logprobs=sampled_logprobs(c.logprobs, ids),
+                versions=_expand_versions(c.weight_versions, len(ids), seq.kv_version),
+                finish_reason=c.finish_reason or "abort", text=self._completion_text(c, params, prompt_ids, ids),
+                generation_s=time.perf_counter() - t0))
+            self.stats.tokens += len(ids)
         self.stats.samples += len(samples)
-        return list(final.prompt_token_ids or []), samples
+        return prompt_ids, samples
 
     async def stream_completion(self, prompt: dict, params: dict) -> AsyncIterator[dict]:
         """Stream one request's deltas (for the OpenAI-compatible API): dicts with ``index``,
@@ -656,3 +681,62 @@ def _expand_versions(spans, n: int, default: int) -> list[int]:
     if len(out) != n:  # spans cover the whole output; pad defensively with the last label
         out = (out + [out[-1] if out else default] * n)[:n]
     return out
+
+
+def sampled_logprobs(lps, token_ids: list[int]) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position log-probs (a ``FlatLogprobs`` or
+    a list of ``{token_id: Logprob}``). With ``logprobs=0`` a flat container holds exactly one
+    entry per position, the sampled token, so its ``logprobs`` list is the answer as is."""
+    if not lps:
+        return []
+    flat_ids = getattr(lps, "token_ids", None)
+    if flat_ids is not None:
+        if flat_ids == token_ids and len(lps.logprobs) == len(token_ids):
+            return list(lps.logprobs)
+        out = []
+        for i, t in zip(range(len(lps)), token_ids):  # top-k entries too: find the sampled token
+            lo, hi = lps.start_indices[i], lps.end_indices[i]
+            out.append(float(lps.logprobs[lo + flat_ids[lo:hi].index(t)]))
+        return out
+    return [float(lp[t].logprob) for lp, t in zip(lps, token_ids)]
+
+
+def _stop_terminated(c) -> bool:
+    """Finished on EOS or a stop token id (vLLM leaves that last token out of the text)."""
+    return c.finish_reason == "stop" and not isinstance(c.stop_reason, str)
+
+
+class CompletionDecoder:
+    """Completion text decoded once, after generation, exactly as vLLM's incremental detokenizer
+    would have produced it (same ``DecodeStream`` primed with the prompt, special tokens skipped,
+    a stop-terminating token left out), so the engine need not detokenize every step."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tok = tokenizer._tokenizer  # the Rust ``tokenizers.Tokenizer``
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> CompletionDecoder | None:
+        """A decoder where vLLM itself would use the fast ``DecodeStream`` path, else None (the
+        engine then keeps detokenizing, e.g. for slow or Mistral tokenizers)."""
+        if tokenizer is None:
+            return None
+        from vllm.v1.engine.detokenizer import uses_fast_detokenizer
+
+        return cls(tokenizer) if uses_fast_detokenizer(tokenizer) else None
+
+    def decode(self, prompt_ids: list[int], token_ids: list[int], stop_terminated: bool = False) -> str:
+        from tokenizers.decoders import DecodeStream
+
+        ids = token_ids[:-1] if stop_terminated else token_ids
+        stream = DecodeStream(ids=list(prompt_ids), skip_special_tokens=True)
+        parts: list[str] = []
+        for t in ids:
+            try:
+                piece = stream.step(self._tok, t)
+            except Exception as e:  # noqa: BLE001 - vLLM's recovery from a non-monotonic UTF-8 prefix
+                if not str(e).startswith("Invalid prefix encountered"):
+                    raise
+                stream = DecodeStream(skip_special_tokens=True)
+                piece = stream.step(self._tok, t)
+            parts.append(piece or "")
+        return "".join(parts)

@@ -11,7 +11,8 @@ truncated importance sampling token by token.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -44,6 +45,15 @@ class Sample:
     def min_version(self) -> int:
         return min(self.versions) if self.versions else -1
 
+    def to_dict(self) -> dict[str, Any]:
+        """Same result as ``dataclasses.asdict`` (a copy), field by field: ``asdict`` deep-copies
+        every int and float of the token lists one call at a time, ~0.5 ms per 64-token sample,
+        a few percent of a CPU rollout's time."""
+        return {"completion_token_ids": list(self.completion_token_ids), "logprobs": list(self.logprobs),
+                "versions": list(self.versions), "finish_reason": self.finish_reason, "text": self.text,
+                "generation_s": self.generation_s, "reward": self.reward,
+                "reward_parts": copy.deepcopy(self.reward_parts), "correct": self.correct}
+
 
 @dataclass
 class Group:
@@ -56,7 +66,10 @@ class Group:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain dicts and lists, a copy (like ``dataclasses.asdict``, faster: see ``Sample.to_dict``)."""
+        return {"group_id": self.group_id, "prompt_token_ids": list(self.prompt_token_ids),
+                "samples": [s.to_dict() if isinstance(s, Sample) else copy.deepcopy(s) for s in self.samples],
+                "prompt": self.prompt, "gold": self.gold, "stage": self.stage, "meta": copy.deepcopy(self.meta)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Group:

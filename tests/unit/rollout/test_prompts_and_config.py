@@ -130,3 +130,23 @@ def test_cpu_threads_bind_gives_each_worker_its_own_cores():
     binds = [worker_options(cfg, index=i)["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] for i in range(3)]
     assert binds == ["0", "1", "0"]
     assert "VLLM_CPU_OMP_THREADS_BIND" not in worker_options(RolloutConfig(model="m"))["runtime_env"]["env_vars"]
+
+
+def test_group_to_dict_is_asdict_field_for_field():
+    """The hand-written ``to_dict`` (fast) must stay equal to ``dataclasses.asdict``, new fields included."""
+    from dataclasses import asdict
+
+    from rollout.trajectory import Group, Sample
+
+    s = Sample(completion_token_ids=[3, 4], logprobs=[-0.5, -1.0], versions=[1, 2], finish_reason="stop",
+               text="ab", generation_s=0.1, reward=1.0, reward_parts={"correctness": 1.0, "why": {"x": [1]}},
+               correct=True)
+    g = Group(group_id="g", prompt_token_ids=[1, 2], samples=[s, s], prompt="p", gold="7", stage=2,
+              meta={"worker": "w", "nested": {"a": [1, 2]}})
+    d = g.to_dict()
+    assert d == asdict(g) and list(d) == list(asdict(g)) and list(d["samples"][0]) == list(asdict(s))
+    d["samples"][0]["completion_token_ids"].append(9)
+    d["meta"]["nested"]["a"].append(3)
+    d["samples"][0]["reward_parts"]["why"]["x"].append(2)
+    assert s.completion_token_ids == [3, 4] and g.meta["nested"]["a"] == [1, 2] and s.reward_parts["why"]["x"] == [1]
+    assert Group.from_dict(g.to_dict()) == g
