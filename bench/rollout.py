@@ -233,18 +233,19 @@ def main() -> None:
     hf = None if args.skip_baselines else HFContender(cfg, prompts, sampling)
     if hf:
         hf.run()
+    def settled(run):
+        """``run()`` after a 0.3 s pause: each contender starts with the previous one's threads idle."""
+        time.sleep(0.3)
+        return run()
+
     tps_a, tps_b, tps_b2, tps_c, tps_u, straddled, samples = [], [], [], [], [], 0, 0
     for _ in range(args.repeats):  # a, b, b2, c in turn: outside load hits every contender alike
-        time.sleep(0.3)  # each contender starts with the previous one's threads idle
-        tps_a.append(wa.run(prompts, sampling)[0])
+        tps_a.append(settled(lambda: wa.run(prompts, sampling)[0]))
         if vb:
-            time.sleep(0.3)
-            tps_b.append(vb.run(prompts))
-            time.sleep(0.3)
-            tps_b2.append(vb.run(prompts, ids_only=True))
+            tps_b.append(settled(lambda: vb.run(prompts)))
+            tps_b2.append(settled(lambda: vb.run(prompts, ids_only=True)))
         if hf:
-            time.sleep(0.3)
-            tps_c.append(hf.run())
+            tps_c.append(settled(hf.run))
         if args.no_updates:
             continue
         tps, groups = wa.run(prompts, sampling, update_every=args.update_every)

@@ -259,7 +259,7 @@ class RolloutEngine:
 
     def _completion_text(self, c, params, prompt_ids: list[int], token_ids: list[int]) -> str:
         """The completion's text: the engine's when it detokenized, else decoded here once."""
-        if params.detokenize or self._decoder is None:
+        if params.detokenize:  # always so without a decoder (``_rollout_params``)
             return c.text
         return self._decoder.decode(prompt_ids, token_ids, stop_terminated=_stop_terminated(c))
 
