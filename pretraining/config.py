@@ -56,9 +56,20 @@ class MetricsConfig(_Base):
 
 class DistributedConfig(_Base):
     fsdp: Literal["auto", "on", "off"] = "auto"
-    """FSDP2 ``fully_shard``: ``auto`` turns it on when launched with WORLD_SIZE > 1 (torchrun)."""
+    """FSDP2 ``fully_shard``: ``auto`` turns it on when launched with WORLD_SIZE > 1 (torchrun) or when a
+    CUDA device is visible (one process then trains on the GPU as a 1-rank NCCL group); ``off`` trains on
+    the CPU in one process."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend: ``auto`` = nccl on GPU, gloo on CPU."""
+    mixed_precision: bool = True
+    """On GPU: bf16 compute with fp32 master weights and fp32 gradient reduction (FSDP2
+    ``MixedPrecisionPolicy``). CPU training is always fp32."""
+
+    @field_validator("fsdp", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        """YAML 1.1 reads a bare ``on`` / ``off`` (in a file or a ``--distributed.fsdp off`` override) as a bool."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class TokenizerConfig(_Base):

@@ -1,7 +1,8 @@
 """Multi-process training with FSDP2 (``fully_shard``): gloo on CPU with an explicit CPU mesh, NCCL on GPU.
 
-Launch with ``torchrun --nproc-per-node N -m services.cli pretrain ...``; a single process (the CPU
-default) never touches ``torch.distributed``. Each rank takes every ``world_size``-th row of a global
+Launch with ``torchrun --nproc-per-node N -m services.cli pretrain ...``. A single process on a machine
+with a GPU trains there as a 1-rank NCCL group (bf16 compute, fp32 master weights); a single process
+without one (the CPU default) never touches ``torch.distributed``. Each rank takes every ``world_size``-th row of a global
 batch; the trainer normalises the loss by the global target count, so N ranks match one.
 """
 
@@ -20,6 +21,8 @@ class Dist:
     world_size: int
     device: str
     mesh: Any
+    bf16: bool = False
+    """Shard with a bf16 ``MixedPrecisionPolicy`` (GPU only)."""
 
     def barrier(self) -> None:
         import torch.distributed as td
@@ -32,25 +35,27 @@ class Dist:
 
 
 def init_distributed(cfg: DistributedConfig) -> Dist | None:
-    """A :class:`Dist` when FSDP is on (WORLD_SIZE > 1 or ``fsdp: on``), else None (single process)."""
+    """A :class:`Dist` when FSDP is on (``fsdp: on``, or ``auto`` with WORLD_SIZE > 1 or a visible GPU), else
+    None (one process on the CPU)."""
+    import torch
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.fsdp == "off" or (cfg.fsdp == "auto" and world == 1):
+    cuda = torch.cuda.is_available()
+    if cfg.fsdp == "off" or (cfg.fsdp == "auto" and world == 1 and not cuda):
         if world > 1:
             raise ValueError(f"WORLD_SIZE={world} but distributed.fsdp=off: multi-process training needs FSDP")
         return None
-    import torch
     import torch.distributed as td
     from torch.distributed.device_mesh import init_device_mesh
 
-    cuda = torch.cuda.is_available()
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
     if not td.is_initialized():
-        if "MASTER_ADDR" not in os.environ:  # fsdp: on in a single process
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29517")
-            os.environ.setdefault("RANK", "0")
-            os.environ.setdefault("WORLD_SIZE", "1")
-        td.init_process_group(backend)
+        if "MASTER_ADDR" in os.environ:  # torchrun
+            td.init_process_group(backend)
+        else:  # one process, not launched by torchrun: a 1-rank group on a free loopback port
+            from torch.distributed.elastic.utils.distributed import get_free_port
+
+            td.init_process_group(backend, init_method=f"tcp://127.0.0.1:{get_free_port()}", rank=0, world_size=1)
     rank, world = td.get_rank(), td.get_world_size()
     device = "cpu"
     if backend == "nccl":
@@ -58,17 +63,22 @@ def init_distributed(cfg: DistributedConfig) -> Dist | None:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (world,))  # explicit CPU mesh for gloo
-    return Dist(rank, world, device, mesh)
+    return Dist(rank, world, device, mesh, bf16=backend == "nccl" and cfg.mixed_precision)
 
 
 def shard_model(model, dist: Dist):
-    """``fully_shard`` every decoder block, then the root (embeddings, final norm, tied head)."""
-    from torch.distributed.fsdp import fully_shard
+    """``fully_shard`` every decoder block, then the root (embeddings, final norm, tied head); with
+    ``dist.bf16`` the blocks compute in bf16 while parameters, optimizer state and reductions stay fp32."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mp = MixedPrecisionPolicy()
+    if dist.bf16:
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     model.to(dist.device)
     for layer in model.model.layers:
-        fully_shard(layer, mesh=dist.mesh)
-    fully_shard(model, mesh=dist.mesh)
+        fully_shard(layer, mesh=dist.mesh, mp_policy=mp)
+    fully_shard(model, mesh=dist.mesh, mp_policy=mp)
     return model
 
 

@@ -93,15 +93,16 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         tok = tok or load_tokenizer(run_dir / "tokenizer")
     model = build_model(cfg.model.size, len(tok), seed=cfg.seed, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id)
+    device = dist.device if dist else "cpu"
     if rank0:
-        log.info("model %s: %.2fM parameters, vocab %d, seq_len %d", cfg.model.size, count_parameters(model) / 1e6,
-                 len(tok), cfg.seq_len)
+        log.info("model %s: %.2fM parameters, vocab %d, seq_len %d, on %s%s, %d rank(s)", cfg.model.size,
+                 count_parameters(model) / 1e6, len(tok), cfg.seq_len, device,
+                 " (bf16 compute)" if dist and dist.bf16 else "", dist.world_size if dist else 1)
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's context "
                          f"({model.config.max_position_embeddings}) for size {cfg.model.size!r}")
     if dist is not None:
         shard_model(model, dist)
-    device = dist.device if dist else "cpu"
 
     per_step = cfg.batch_size * cfg.optim.grad_accum * world
     bounds = [0]
@@ -153,7 +154,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         metrics.close()
         plot_loss_curves(metrics.path, run_dir / "loss.png", title="pretraining loss")
     close_distributed(dist)
-    return {"final": str(final), "stages": stage_paths, "history": trainer.history,
+    return {"final": str(final), "stages": stage_paths, "history": trainer.history, "device": device,
             "seconds": time.perf_counter() - t0}
 
 

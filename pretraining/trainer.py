@@ -244,7 +244,7 @@ def export_model(model, tokenizer, path: str | Path, dist=None, meta: dict | Non
     """Write an HF checkpoint; under FSDP every rank gathers the full state dict and rank 0 writes it."""
     from pretraining.checkpoint import save_checkpoint
 
-    if dist is None or dist.world_size == 1:
+    if dist is None:
         return save_checkpoint(model, tokenizer, path, meta)
     from pretraining.distributed import full_state_dict
 

@@ -100,3 +100,14 @@ def test_clear_errors_for_bad_inputs(pretrained, tmp_path):
     assert run_cli("sft", "--n_examples", "0") == 2  # config validation names the field
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_one_process_fsdp_matches_plain_training(pretrained, tmp_path):
+    # distributed.fsdp=on in one process (what a GPU machine gets by default): a 1-rank FSDP2 group
+    # trains the same steps as the plain single process and exports a normal HF checkpoint
+    assert run_cli("pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"), "--out_dir", str(tmp_path),
+                   "--save_every", "2", "--distributed.fsdp", "on", *SMALL_PRETRAIN) == 0
+    assert _losses(tmp_path) == pytest.approx(_losses(pretrained), rel=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "final"))

@@ -35,3 +35,11 @@ def test_config_module_imports_no_torch():
     code = "import sys, pretraining.config; print(any(m.split('.')[0] in ('torch', 'vllm', 'transformers') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_fsdp_on_off_survive_yaml_booleans():
+    # YAML 1.1 turns a bare on/off into a bool, in files and in --key value overrides alike
+    assert load_config(PretrainConfig, None, ["--distributed.fsdp", "off"]).distributed.fsdp == "off"
+    assert load_config(PretrainConfig, None, ["--distributed.fsdp", "on"]).distributed.fsdp == "on"
+    with pytest.raises(ConfigError, match="distributed.fsdp"):
+        load_config(PretrainConfig, None, ["--distributed.fsdp", "sometimes"])
