@@ -160,8 +160,10 @@ def _collate_pairs(chosen: list, rejected: list, idx: list[int], ref) -> dict:
     return b
 
 
-def reference_logps(model, chosen: list, rejected: list, batch: int = 64):
-    """Reference log-probs of every chosen and rejected row (computed once, no grad)."""
+def reference_logps(model, chosen: list, rejected: list, batch: int = 64, device: str = "cpu"):
+    """Reference log-probs of every chosen and rejected row (computed once, no grad, on CPU tensors). Run
+    it on the model as it will train (device, sharding, bf16 compute), so that at step 0 the policy equals
+    the reference exactly. Under FSDP every rank computes every row (forwards are collective)."""
     import torch
 
     from pretraining.packing import collate
@@ -170,7 +172,10 @@ def reference_logps(model, chosen: list, rejected: list, batch: int = 64):
     outs = []
     with torch.no_grad():
         for rows in (chosen, rejected):
-            vals = [sequence_logps(model, collate(rows[i:i + batch], packed=False))[0] for i in range(0, len(rows), batch)]
+            vals = []
+            for i in range(0, len(rows), batch):
+                mb = {k: v.to(device) for k, v in collate(rows[i:i + batch], packed=False).items()}
+                vals.append(sequence_logps(model, mb)[0].float().cpu())
             outs.append(torch.cat(vals))
     return outs
 
@@ -208,13 +213,13 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
                                             cfg.difficulties, max_tokens=cfg.sample_max_tokens)
     model, tok = load_checkpoint(cfg.init_from)
     chosen, rejected = pair_rows(cfg, tok, pairs)
-    ref = reference_logps(model, chosen, rejected)
     dist = init_distributed(cfg.distributed)
     rank0 = dist is None or dist.rank == 0
     if dist is not None:
         shard_model(model, dist)
     world = dist.world_size if dist else 1
     device = dist.device if dist else "cpu"
+    ref = reference_logps(model, chosen, rejected, device=device)
     per_step = cfg.batch_size * cfg.optim.grad_accum * world
     per_epoch = max(len(chosen) // per_step, 1)
     total = per_epoch * cfg.epochs

@@ -106,6 +106,11 @@ class Trainer:
     def world(self) -> int:
         return self.dist.world_size if self.dist else 1
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 is on (any world size, 1 included: one process on a GPU): parameters are DTensors."""
+        return self.dist is not None
+
     def _all_sum(self, x: float) -> float:
         if self.world == 1:
             return x
@@ -186,14 +191,14 @@ class Trainer:
 
         path = export_model(self.model, tokenizer, path, self.dist, meta)
         optim_state = self.optimizer
-        if self.world > 1:
+        if self.sharded:
             from pretraining.distributed import full_optimizer_state
 
             optim_state = full_optimizer_state(self.model, self.optimizer)
         if self.dist is None or self.dist.rank == 0:
             save_training_state(path, optimizer=optim_state, scheduler=self.scheduler, step=self.step,
                                 data_position=data_position, extra={"history": self.history})
-        if self.world > 1:
+        if self.sharded:
             self.dist.barrier()
         return path
 
@@ -216,11 +221,13 @@ class Trainer:
         ts = load_training_state(path)
         groups = ts["optimizer"].get("param_groups") or [{"params": []}]
         by_name = bool(groups[0]["params"]) and isinstance(groups[0]["params"][0], str)
-        if by_name != (self.world > 1):
-            saved_by = "an FSDP run (keyed by parameter name)" if by_name else "a single process (keyed by index)"
-            raise ValueError(f"{path}: the optimizer state was saved by {saved_by}; resume it with "
-                             f"{'world size > 1' if by_name else 'one process'} (this run has world size {self.world})")
-        if self.world > 1:  # every rank reads the full state and keeps its shard
+        if by_name != self.sharded:
+            saved_by = "an FSDP run (keyed by parameter name)" if by_name else "a plain process (keyed by index)"
+            now = "FSDP" if self.sharded else "a plain process"
+            raise ValueError(f"{path}: the optimizer state was saved by {saved_by} but this run uses {now}; resume "
+                             f"with distributed.fsdp={'on' if by_name else 'off'} (FSDP is also on under torchrun "
+                             f"and on a GPU)")
+        if self.sharded:  # every rank reads the full state and keeps its shard
             from pretraining.distributed import load_full_state
 
             try:

@@ -45,5 +45,5 @@ def test_sft_and_dpo_on_cuda(sft_checkpoint, tmp_path):
     assert run_cli("dpo", "--config", str(REPO / "configs/dpo_tiny.yaml"), "--init_from", str(sft_checkpoint),
                    "--out_dir", str(tmp_path), "--n_pairs", "16", "--batch_size", "8", "--pairs", "synthetic") == 0
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert recs[0]["reward_margin"] == pytest.approx(0.0, abs=1e-3)  # policy == reference (bf16 rounding)
+    assert recs[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy == reference (same bf16 forward)
     assert (tmp_path / "final/model.safetensors").is_file()

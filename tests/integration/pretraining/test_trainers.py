@@ -102,12 +102,25 @@ def test_clear_errors_for_bad_inputs(pretrained, tmp_path):
         load_checkpoint(tmp_path / "nowhere")
 
 
-def test_one_process_fsdp_matches_plain_training(pretrained, tmp_path):
-    # distributed.fsdp=on in one process (what a GPU machine gets by default): a 1-rank FSDP2 group
-    # trains the same steps as the plain single process and exports a normal HF checkpoint
-    assert run_cli("pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"), "--out_dir", str(tmp_path),
-                   "--save_every", "2", "--distributed.fsdp", "on", *SMALL_PRETRAIN) == 0
-    assert _losses(tmp_path) == pytest.approx(_losses(pretrained), rel=1e-5)
+def test_one_process_fsdp_matches_plain_training(pretrained, sft_checkpoint, tmp_path):
+    # distributed.fsdp=on in one process (what a GPU machine gets by default): a 1-rank FSDP2 group trains
+    # the same steps as the plain process, exports a normal HF checkpoint, resumes exactly, runs DPO
+    fsdp = [*SMALL_PRETRAIN, "--distributed.fsdp", "on"]
+    cfg = str(REPO / "configs/pretrain_tiny.yaml")
+    assert run_cli("pretrain", "--config", cfg, "--out_dir", str(tmp_path / "a"), "--save_every", "2", *fsdp) == 0
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(pretrained), rel=1e-5)
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(str(tmp_path / "final"))
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "a" / "final"))
+    for sub in ("checkpoint-latest", "tokenizer"):
+        shutil.copytree(tmp_path / "a" / sub, tmp_path / "b" / sub)
+    with pytest.raises(ValueError, match="resume with distributed.fsdp=on"):
+        run_cli("pretrain", "--config", cfg, "--out_dir", str(tmp_path / "b"), "--resume", "true", *SMALL_PRETRAIN,
+                "--distributed.fsdp", "off")
+    assert run_cli("pretrain", "--config", cfg, "--out_dir", str(tmp_path / "b"), "--resume", "true", *fsdp) == 0
+    assert _losses(tmp_path / "b")[-2:] == pytest.approx(_losses(tmp_path / "a")[-2:], abs=1e-6)
+    assert run_cli("dpo", "--config", str(REPO / "configs/dpo_tiny.yaml"), "--init_from", str(sft_checkpoint),
+                   "--out_dir", str(tmp_path / "d"), "--n_pairs", "16", "--batch_size", "8", "--pairs", "synthetic",
+                   "--distributed.fsdp", "on") == 0
+    first = json.loads((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["reward_margin"] == pytest.approx(0.0, abs=1e-5)  # reference computed by the sharded model
