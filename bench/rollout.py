@@ -49,6 +49,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_prompts(tokenizer, k: int) -> list[dict]:
+    """``k`` prompts: for a checkpoint with a chat template (the pipeline's), GRPO's own prompts (chat-
+    formatted training problems of levels 1-5), so the answers end at EOS as in training; otherwise
+    plain problem texts (a random model generates until ``max_tokens``)."""
+    if getattr(tokenizer, "chat_template", None):
+        from pretraining.chat import format_prompt
+        from pretraining.data import DIFFICULTIES, make_problems
+
+        texts = [format_prompt(tokenizer, p.question) for p in make_problems("train", list(DIFFICULTIES), k, 123)]
+        return [{"prompt_id": f"b{i}", "prompt_token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]}
+                for i, t in enumerate(texts)]
     from rollout.tiny_checkpoint import synthetic_corpus
 
     texts = [t.split(" Answer:")[0] for t in synthetic_corpus(k, seed=123)]
@@ -123,8 +133,8 @@ class VLLMContender:
     def __init__(self, cfg, sampling) -> None:
         from vllm import LLM, SamplingParams
 
-        self.llm = LLM(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=True,
-                       seed=0, disable_log_stats=True)
+        self.llm = LLM(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                       enforce_eager=cfg.enforce_eager, seed=0, disable_log_stats=True)
         self.sp = SamplingParams(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
                                  max_tokens=sampling["max_tokens"], logprobs=0)
         self.sp_ids = SamplingParams(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
@@ -197,6 +207,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="layers of the built random Qwen3 (no --model)")
     ap.add_argument("--vllm-bind", default=None,
                     help="VLLM_CPU_OMP_THREADS_BIND for (a) and (b), e.g. '0-1' (default: vLLM's auto)")
+    ap.add_argument("--compile", action="store_true",
+                    help="enforce_eager=False for (a) and (b): vLLM CPU compiles the model with inductor")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -216,7 +228,8 @@ def main() -> None:
     if args.vllm_bind:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_bind  # (b), in this process
     cfg = RolloutConfig(model=model, dtype="float32", max_model_len=1024, num_cpus_per_worker=args.threads,
-                        cpu_threads_bind=[args.vllm_bind] if args.vllm_bind else None)
+                        cpu_threads_bind=[args.vllm_bind] if args.vllm_bind else None,
+                        enforce_eager=not args.compile)
     prompts = make_prompts(AutoTokenizer.from_pretrained(model), args.prompts)
     sampling = {"n": args.n, "max_tokens": args.max_tokens, "temperature": 1.0, "top_p": 1.0}
     weights = perturbed_state_dict(model, scale=0.01)
