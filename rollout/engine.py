@@ -188,7 +188,7 @@ class RolloutEngine:
         args = AsyncEngineArgs(
             model=self.cfg.model, served_model_name=self.cfg.model_name, dtype=self.cfg.dtype,
             max_model_len=self.cfg.max_model_len, tensor_parallel_size=self.cfg.tensor_parallel_size,
-            gpu_memory_utilization=self.cfg.gpu_memory_utilization, enforce_eager=self.cfg.enforce_eager,
+            gpu_memory_utilization=self.cfg.gpu_memory_utilization, enforce_eager=self._eager(),
             logprobs_mode=self.cfg.logprobs_mode, seed=self.cfg.seed, worker_extension_cls=EXTENSION,
             disable_log_stats=True, **self._transfer_args(),
         )
@@ -198,6 +198,20 @@ class RolloutEngine:
         await self._llm.update_weight_version(str(self.version))
         await self._llm.collective_rpc("flywheel_install_step_clock")
         log.info("%s: engine for %s up in %.1f s", self.worker_id, self.cfg.model, time.perf_counter() - t0)
+
+    def _eager(self) -> bool:
+        """``cfg.enforce_eager``, or True when compiling on a CPU is impossible (inductor needs a C++ compiler)."""
+        if self.cfg.enforce_eager:
+            return True
+        import shutil
+
+        import torch
+
+        if torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++")):
+            return False
+        log.warning("%s: rollout.enforce_eager=false but no C++ compiler (g++/c++ or $CXX) is on PATH; vLLM's "
+                    "CPU compilation needs one, so the engine runs eager", self.worker_id)
+        return True
 
     def _transfer_args(self) -> dict:
         if self.cfg.weight_transport != "nccl":

@@ -150,3 +150,22 @@ def test_group_to_dict_is_asdict_field_for_field():
     d["samples"][0]["reward_parts"]["why"]["x"].append(2)
     assert s.completion_token_ids == [3, 4] and g.meta["nested"]["a"] == [1, 2] and s.reward_parts["why"]["x"] == [1]
     assert Group.from_dict(g.to_dict()) == g
+
+
+def test_compilation_falls_back_to_eager_without_a_cpp_compiler(monkeypatch, caplog):
+    import shutil
+
+    import torch
+
+    from rollout.config import RolloutConfig
+    from rollout.engine import RolloutEngine
+
+    assert RolloutEngine(RolloutConfig(model="m"))._eager()  # the default: eager
+    compiled = RolloutEngine(RolloutConfig(model="m", enforce_eager=False), worker_id="w0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert compiled._eager() is False
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING"):
+        assert compiled._eager() is True
+    assert "no C++ compiler" in caplog.text and "w0" in caplog.text
