@@ -175,7 +175,7 @@ def reference_logps(model, chosen: list, rejected: list, batch: int = 64, device
             vals = []
             for i in range(0, len(rows), batch):
                 mb = {k: v.to(device) for k, v in collate(rows[i:i + batch], packed=False).items()}
-                vals.append(sequence_logps(model, mb)[0].float().cpu())
+                vals.append(sequence_logps(model, mb)[0].cpu())  # float32 already (log_softmax of upcast logits)
             outs.append(torch.cat(vals))
     return outs
 

@@ -97,7 +97,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if rank0:
         log.info("model %s: %.2fM parameters, vocab %d, seq_len %d, on %s%s, %d rank(s)", cfg.model.size,
                  count_parameters(model) / 1e6, len(tok), cfg.seq_len, device,
-                 " (bf16 compute)" if dist and dist.bf16 else "", dist.world_size if dist else 1)
+                 " (bf16 compute)" if dist and dist.bf16 else "", world)
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's context "
                          f"({model.config.max_position_embeddings}) for size {cfg.model.size!r}")

@@ -207,7 +207,7 @@ class RolloutEngine:
 
         import torch
 
-        if torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++")):
+        if torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++") if c):
             return False
         log.warning("%s: rollout.enforce_eager=false but no C++ compiler (g++/c++ or $CXX) is on PATH; vLLM's "
                     "CPU compilation needs one, so the engine runs eager", self.worker_id)
