@@ -72,6 +72,30 @@ def write_hf_folder(state: dict, model_config, source: str | Path, out: str | Pa
     copy_tokenizer_files(source, out)
 
 
+def param_groups(named_parameters, scales: dict[str, float], lr: float) -> list[dict]:
+    """Optimizer parameter groups: one at ``lr`` plus one per ``scales`` pattern at ``lr * factor``.
+
+    Patterns are fnmatch globs over parameter names, tried in order (the first match wins). A pattern
+    that matches no parameter is an error naming it, so a typo does not silently train at the base lr.
+    Each group carries its ``lr_scale`` (kept in the optimizer state, so a resumed run keeps it).
+    """
+    from fnmatch import fnmatchcase
+
+    named = list(named_parameters)
+    groups = {pattern: [] for pattern in scales}
+    rest = []
+    for name, p in named:
+        hit = next((pat for pat in scales if fnmatchcase(name, pat)), None)
+        (groups[hit] if hit is not None else rest).append(p)
+    unmatched = [pat for pat, params in groups.items() if not params]
+    if unmatched:
+        sample = ", ".join(n for n, _ in named[:6])
+        raise ValueError(f"learner.lr_scale: pattern(s) {unmatched} match no parameter (names look like: {sample}, ...)")
+    out = [{"params": rest, "lr": lr, "lr_scale": 1.0}] if rest else []
+    return out + [{"params": params, "lr": lr * scales[pat], "lr_scale": float(scales[pat])}
+                  for pat, params in groups.items()]
+
+
 def read_hf_weights(folder: str | Path) -> dict:
     """All tensors of an HF folder's safetensors files (single file or sharded)."""
     from safetensors.torch import load_file
@@ -149,7 +173,8 @@ class LearnerWorker:
         self.mesh = init_device_mesh("cuda" if cuda else "cpu", (self.world_size,))
         self.model = self._build_model(self.checkpoint_path, trainable=True)
         self.ref_model = self._build_model(self.ref_checkpoint_path, trainable=False) if self.loss_cfg.kl_coef > 0 else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+        groups = param_groups(self.model.named_parameters(), self.cfg.lr_scale, self.cfg.lr)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
         warm = self.cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -197,9 +222,11 @@ class LearnerWorker:
 
     def set_lr(self, lr: float) -> None:
         """Change the peak LR (e.g. per stage); warmup still scales it."""
-        for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            g["lr"] = g["lr"] / base * lr if base else lr
-        self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
+        groups = self.optimizer.param_groups
+        new_bases = [lr * g.get("lr_scale", 1.0) for g in groups]
+        for g, base, new in zip(groups, self.scheduler.base_lrs, new_bases):
+            g["lr"] = g["lr"] / base * new if base else new
+        self.scheduler.base_lrs = new_bases
 
     # ---- training ---------------------------------------------------------------------------------
     def _token_logprobs(self, model, batch: dict, with_entropy: bool):

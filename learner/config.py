@@ -67,6 +67,12 @@ class LearnerConfig(BaseModel):
     """Optimizer steps of linear LR warmup from 0; constant LR afterwards."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW decoupled weight decay."""
+    lr_scale: dict[str, float] = Field(default_factory=dict)
+    """Learning-rate multipliers by parameter name: ``{fnmatch pattern: factor}``, the first matching
+    pattern wins, every pattern must match a parameter. Adam moves every parameter by about ``lr`` per
+    step whatever its size, so a norm gain near 1 moves ~20x less, relatively, than a weight matrix entry
+    near 0.05; ``{"model.norm.weight": 500}`` lets the reward rescale the output logits (sharpen the policy)
+    at the pace of the matrices (docs/grpo.md, "Sharpening")."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     eps: float = Field(1e-8, gt=0.0)
@@ -93,6 +99,9 @@ class LearnerConfig(BaseModel):
         for b in self.betas:
             if not 0.0 <= b < 1.0:
                 raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        for pattern, factor in self.lr_scale.items():
+            if not factor > 0:
+                raise ValueError(f"lr_scale[{pattern!r}] must be > 0, got {factor}")
         return self
 
 

@@ -134,3 +134,17 @@ def test_published_weights_leave_out_a_tied_lm_head(tiny_checkpoint, process_gro
     full, published = w.full_state_dict(), w.full_state_dict("bfloat16", drop_tied=True)
     assert "lm_head.weight" in full and "lm_head.weight" not in published
     assert set(published) == set(full) - {"lm_head.weight"}
+
+
+def test_lr_scale_moves_the_matched_parameters_faster_and_survives_set_lr(tiny_checkpoint, process_group, groups_factory):
+    w = worker(tiny_checkpoint, process_group, warmup_steps=0, lr=1e-4, weight_decay=0.0,
+               lr_scale={"model.norm.weight": 100.0})
+    before = {k: v.clone() for k, v in weights(w).items()}
+    w.train_step(groups_factory(2, 4, seed=14))
+    after = weights(w)
+    moved = {k: float((after[k] - before[k]).abs().max()) for k in ("model.norm.weight", "model.layers.0.mlp.up_proj.weight")}
+    # Adam's first step moves each parameter by ~lr: 1e-2 for the scaled gain, 1e-4 for the rest
+    assert moved["model.norm.weight"] == pytest.approx(1e-2, rel=0.05)
+    assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(1e-4, rel=0.05)
+    w.set_lr(2e-4)
+    assert [g["lr"] for g in w.optimizer.param_groups] == pytest.approx([2e-4, 2e-2])
