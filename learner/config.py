@@ -95,7 +95,7 @@ class LearnerConfig(BaseModel):
     """Timeout of the process group's collectives."""
 
     @model_validator(mode="after")
-    def _check_betas(self) -> LearnerConfig:
+    def _check_optimizer(self) -> LearnerConfig:
         for b in self.betas:
             if not 0.0 <= b < 1.0:
                 raise ValueError(f"betas must be in [0, 1), got {self.betas}")
