@@ -72,7 +72,7 @@ def write_hf_folder(state: dict, model_config, source: str | Path, out: str | Pa
     copy_tokenizer_files(source, out)
 
 
-def param_groups(named_parameters, scales: dict[str, float], lr: float) -> list[dict]:
+def lr_scaled_groups(named_parameters, scales: dict[str, float], lr: float) -> list[dict]:
     """Optimizer parameter groups: one at ``lr`` plus one per ``scales`` pattern at ``lr * factor``.
 
     Patterns are fnmatch globs over parameter names, tried in order (the first match wins). A pattern
@@ -173,7 +173,7 @@ class LearnerWorker:
         self.mesh = init_device_mesh("cuda" if cuda else "cpu", (self.world_size,))
         self.model = self._build_model(self.checkpoint_path, trainable=True)
         self.ref_model = self._build_model(self.ref_checkpoint_path, trainable=False) if self.loss_cfg.kl_coef > 0 else None
-        groups = param_groups(self.model.named_parameters(), self.cfg.lr_scale, self.cfg.lr)
+        groups = lr_scaled_groups(self.model.named_parameters(), self.cfg.lr_scale, self.cfg.lr)
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
         warm = self.cfg.warmup_steps
