@@ -47,7 +47,7 @@ class LossConfig(BaseModel):
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     """The rollouts' sampling temperature: the learner divides logits by it before taking log-probs, so
     ratios and TIS weights compare the distribution the tokens were sampled from (the engine records
-    processed log-probs). Set it to the stage's temperature."""
+    processed log-probs). The GRPO job sets it from each stage's ``temperature``."""
     advantage_eps: float = Field(1e-6, gt=0.0)
     """Added to the group std before dividing (``advantage: grpo``)."""
 

@@ -52,8 +52,9 @@ class StageConfig(BaseModel):
     """Longest completion; vLLM's ``max_model_len`` = ``max_prompt_tokens`` + this."""
     group_size: int = Field(8, ge=2, le=1024)
     """Samples per prompt (the GRPO group)."""
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    """Sampling temperature of the rollouts."""
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    """Sampling temperature of the rollouts (> 0: greedy groups are identical and carry no signal). The
+    learner scores tokens at the same temperature (``loss.temperature`` follows it)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling of the rollouts."""
     prompts_per_step: int = Field(8, ge=1, le=100_000)
@@ -207,7 +208,13 @@ class GRPOJobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _stage_losses_valid(self) -> GRPOJobConfig:
+        if "temperature" in self.loss.model_fields_set:
+            raise ValueError("loss.temperature: set each stage's temperature instead (the learner scores "
+                             "tokens at the temperature the stage samples them at)")
         for i, stage in enumerate(self.stages):
+            if "temperature" in stage.loss:
+                raise ValueError(f"stages.{i}.loss.temperature: set stages.{i}.temperature instead (the "
+                                 "learner scores tokens at the temperature the stage samples them at)")
             try:
                 stage_loss(self, i)
             except ValidationError as e:
@@ -217,11 +224,11 @@ class GRPOJobConfig(BaseModel):
 
 
 def stage_loss(cfg: GRPOJobConfig, index: int) -> LossConfig:
-    """The loss config of stage ``index``: ``cfg.loss`` with the stage's overrides applied."""
-    over = cfg.stages[index].loss
-    if not over:
-        return cfg.loss
-    return LossConfig.model_validate({**cfg.loss.model_dump(), **over})
+    """The loss config of stage ``index``: ``cfg.loss`` with the stage's overrides applied, and the stage's
+    sampling temperature (the engine records log-probs of the temperature-scaled distribution, so the
+    learner's ratios and TIS weights compare against that distribution only at the same temperature)."""
+    stage = cfg.stages[index]
+    return LossConfig.model_validate({**cfg.loss.model_dump(), **stage.loss, "temperature": stage.temperature})
 
 
 def stage_reward(cfg: GRPOJobConfig, index: int) -> RewardConfig:

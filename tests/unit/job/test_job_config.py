@@ -67,3 +67,15 @@ def test_overlong_penalty_follows_the_stage_length():
 def test_sync_mode_is_max_staleness_zero():
     cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_test.yaml", ["--loss.max_staleness", "0"])
     assert cfg.loss.max_staleness == 0
+
+
+def test_the_learner_scores_tokens_at_each_stage_s_sampling_temperature():
+    cfg = GRPOJobConfig(stages=[{"temperature": 0.6}, {"temperature": 1.0, "loss": {"clip_high": 0.3}}])
+    assert stage_loss(cfg, 0).temperature == 0.6
+    assert (stage_loss(cfg, 1).temperature, stage_loss(cfg, 1).clip_high) == (1.0, 0.3)
+    with pytest.raises(ConfigError, match=r"loss\.temperature: set each stage's temperature"):
+        load_config(GRPOJobConfig, None, ["--loss.temperature", "0.6"])
+    with pytest.raises(ConfigError, match=r"stages\.0\.loss\.temperature: set stages\.0\.temperature"):
+        load_config(GRPOJobConfig, None, ["--stages", "[{loss: {temperature: 0.6}}]"])
+    with pytest.raises(ConfigError, match=r"stages\.0\.temperature"):
+        load_config(GRPOJobConfig, None, ["--stages", "[{temperature: 0}]"])
