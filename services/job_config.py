@@ -208,13 +208,12 @@ class GRPOJobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _stage_losses_valid(self) -> GRPOJobConfig:
-        if "temperature" in self.loss.model_fields_set:
-            raise ValueError("loss.temperature: set each stage's temperature instead (the learner scores "
-                             "tokens at the temperature the stage samples them at)")
+        why = "(the learner scores tokens at the temperature the stage samples them at)"
+        if self.loss.temperature != 1.0:  # the default passes: the job's own config.json dump carries it
+            raise ValueError(f"loss.temperature: set each stage's temperature instead {why}")
         for i, stage in enumerate(self.stages):
             if "temperature" in stage.loss:
-                raise ValueError(f"stages.{i}.loss.temperature: set stages.{i}.temperature instead (the "
-                                 "learner scores tokens at the temperature the stage samples them at)")
+                raise ValueError(f"stages.{i}.loss.temperature: set stages.{i}.temperature instead {why}")
             try:
                 stage_loss(self, i)
             except ValidationError as e:

@@ -79,3 +79,9 @@ def test_the_learner_scores_tokens_at_each_stage_s_sampling_temperature():
         load_config(GRPOJobConfig, None, ["--stages", "[{loss: {temperature: 0.6}}]"])
     with pytest.raises(ConfigError, match=r"stages\.0\.temperature"):
         load_config(GRPOJobConfig, None, ["--stages", "[{temperature: 0}]"])
+
+
+def test_the_config_json_a_job_writes_loads_again(tmp_path):
+    cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_tiny.yaml")
+    (tmp_path / "config.json").write_text(cfg.model_dump_json())
+    assert load_config(GRPOJobConfig, tmp_path / "config.json") == cfg
