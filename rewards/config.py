@@ -5,7 +5,12 @@ Pure pydantic: imports nothing heavy, so the CLI and the services can load it at
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Extraction = Literal["marked", "lenient", "answer"]
+"""Where the answer is found in a completion (see ``VerifyConfig.extraction``)."""
 
 
 class VerifyConfig(BaseModel):
@@ -13,6 +18,10 @@ class VerifyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
+    extraction: Extraction = "marked"
+    """Where the answer is read: ``marked`` (``\\boxed{}``, answer lines, ``####``), ``lenient`` (the whole
+    completion, as math-verify searches it: boxed, answer cues, the last LaTeX math, the last expression),
+    or ``answer`` (the completion is the answer, already extracted upstream)."""
     timeout_s: float = Field(2.0, gt=0, le=60)
     """Hard time limit per item; enforced by killing the worker process that runs it."""
     last_number_fallback: bool = False
