@@ -1,6 +1,6 @@
 """Held-out evaluation with vLLM sampling and the verifier: greedy accuracy, avg@k and pass@k.
 
-    python -m pretraining.evaluate --checkpoint runs/dpo/final --n 200 --k 4   # or: flywheel eval ...
+    flywheel eval --checkpoint runs/dpo/final --n 200 --k 4
 
 Problems come from the ``heldout`` split of :mod:`pretraining.data` (never seen in any training corpus);
 prompts use the checkpoint's chat template (:func:`pretraining.chat.format_prompt`); completions are
@@ -148,12 +148,3 @@ def main(cfg: EvalConfig) -> int:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(r, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from services.config import load_config
-
-    logging.basicConfig(level=logging.INFO)
-    sys.exit(main(load_config(EvalConfig, None, sys.argv[1:])))

@@ -1,6 +1,6 @@
 """The embedded default end to end (``make demo`` / ``flywheel demo``).
 
-tokenizer -> pretrain (2 stages) -> SFT -> DPO (``pretraining.pipeline``) -> 3-stage asynchronous GRPO
+tokenizer -> pretrain (2 stages) -> SFT -> DPO (``services.pipeline``) -> 3-stage asynchronous GRPO
 with in-flight weight sync, the reward verifier and the rollout workers as Ray actors
 (``services.grpo_job``) -> held-out accuracy after every step, measured the same way for every
 checkpoint (``pretraining.evaluate``: vLLM sampling + ``rewards.verify``) -> ``report.md`` with the
@@ -52,7 +52,7 @@ class DemoConfig(BaseModel):
 
 
 def _pretraining(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from pretraining.pipeline import run_pipeline
+    from services.pipeline import run_pipeline
 
     marker = out / "pretraining" / "result.json"
     if cfg.reuse and marker.is_file() and Path(json.loads(marker.read_text())["checkpoints"]["dpo"]).is_dir():

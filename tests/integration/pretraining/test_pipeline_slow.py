@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_default_pipeline_sft_beats_base_and_dpo_holds(tmp_path):
-    from pretraining.pipeline import run_pipeline
+    from services.pipeline import run_pipeline
 
     r = run_pipeline(tmp_path / "pipeline", eval_n=200, eval_k=4)
     acc = {k: v["greedy_acc"] for k, v in r["accuracy"].items()}

@@ -1,6 +1,6 @@
 """The default pipeline: tokenizer -> pretrain (2 stages) -> SFT -> DPO, with held-out accuracy after each.
 
-    from pretraining.pipeline import run_pipeline
+    from services.pipeline import run_pipeline
     result = run_pipeline("runs/pipeline")   # {"checkpoints": {...}, "accuracy": {...}, "seconds": {...}}
 
 Configs come from ``configs/{pretrain,sft,dpo}_tiny.yaml`` with ``out_dir``/``init_from`` pointed inside
