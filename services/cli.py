@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from dataclasses import dataclass
@@ -22,35 +21,33 @@ class Command:
     """``module:Class`` of the job's pydantic config (imports no torch)."""
     run: str
     """``module:function`` taking the validated config; returns an exit code or None."""
-    issue: int
-    """The issue that delivers this command (named while it is not there yet)."""
     default_config: str | None = None
     """Config file used when ``--config`` is not given."""
 
 
 COMMANDS: dict[str, Command] = {
     "pretrain": Command("pretrain a model from scratch (multi-stage mixtures, packing, WSD)",
-                        "pretraining.config:PretrainConfig", "pretraining.pretrain:main", 4,
+                        "pretraining.config:PretrainConfig", "pretraining.pretrain:main",
                         "configs/pretrain_tiny.yaml"),
     "sft": Command("supervised fine-tuning on chat data (assistant-only loss, BFD packing)",
-                   "pretraining.config:SFTConfig", "pretraining.sft:main", 4, "configs/sft_tiny.yaml"),
+                   "pretraining.config:SFTConfig", "pretraining.sft:main", "configs/sft_tiny.yaml"),
     "dpo": Command("preference optimisation (sigmoid / ipo / apo_zero)",
-                   "pretraining.config:DPOConfig", "pretraining.dpo:main", 4, "configs/dpo_tiny.yaml"),
+                   "pretraining.config:DPOConfig", "pretraining.dpo:main", "configs/dpo_tiny.yaml"),
     "merge": Command("average N checkpoints of one architecture (weight ensembling)",
-                     "pretraining.config:MergeConfig", "pretraining.merge:main", 4),
+                     "pretraining.config:MergeConfig", "pretraining.merge:main"),
     "eval": Command("held-out accuracy with vLLM sampling and the verifier (greedy, avg@k, pass@k)",
-                    "pretraining.config:EvalConfig", "pretraining.evaluate:main", 4),
+                    "pretraining.config:EvalConfig", "pretraining.evaluate:main"),
     "grpo": Command("multi-stage asynchronous GRPO on Ray (the `ray job submit` entrypoint)",
-                    "services.job_config:GRPOJobConfig", "services.grpo_job:main", 6,
+                    "services.job_config:GRPOJobConfig", "services.grpo_job:main",
                     "configs/grpo_tiny.yaml"),
     "serve-reward": Command("reward verifier microservice (HTTP + gRPC)",
-                            "services.reward_server:RewardServerConfig", "services.reward_server:main", 3,
+                            "services.reward_server:RewardServerConfig", "services.reward_server:main",
                             "configs/serve_reward.yaml"),
     "serve-rollout": Command("rollout service API (OpenAI-compatible HTTP + gRPC) over vLLM workers",
-                             "services.rollout_server:RolloutServerConfig", "services.rollout_server:main", 5,
+                             "services.rollout_server:RolloutServerConfig", "services.rollout_server:main",
                              "configs/serve_rollout.yaml"),
     "demo": Command("the embedded default end to end: tokenizer -> pretrain -> SFT -> DPO -> GRPO -> report",
-                    "services.demo:DemoConfig", "services.demo:main", 7, "configs/demo.yaml"),
+                    "services.demo:DemoConfig", "services.demo:main", "configs/demo.yaml"),
 }
 
 
@@ -68,21 +65,10 @@ def _default_path(rel: str | None) -> str | None:
     return str(Path(__file__).resolve().parents[1] / rel)
 
 
-def _available(cmd: Command) -> bool:
-    mods = {cmd.config.partition(":")[0], cmd.run.partition(":")[0]}
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in mods)
-    except ModuleNotFoundError:
-        return False
-
-
 def _subcommand_help(name: str, cmd: Command) -> str:
     from services.config import describe_fields
 
     lines = [f"usage: flywheel {name} [--config FILE] [--field.path VALUE ...]", "", cmd.help, ""]
-    if not _available(cmd):
-        lines.append(f"NOT IMPLEMENTED YET: issue #{cmd.issue} delivers `flywheel {name}`.")
-        return "\n".join(lines)
     if cmd.default_config:
         lines.append(f"default config: {cmd.default_config}")
     lines += ["", "fields (override any with --dotted.name VALUE):"]
@@ -119,9 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.help:
         print(_subcommand_help(args.command, cmd))
         return 0
-    if not _available(cmd):
-        print(f"flywheel {args.command}: not implemented yet (issue #{cmd.issue} delivers it).", file=sys.stderr)
-        return 3
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from services.config import ConfigError, load_config

@@ -31,7 +31,6 @@ its checkpoint without losing or repeating a rollout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -464,23 +463,7 @@ def main(cfg: GRPOJobConfig) -> int:
     return GRPOJob(cfg).run()
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """``python -m services.grpo_job --config FILE [--dotted.field VALUE ...]``."""
-    from services.config import ConfigError, load_config
+if __name__ == "__main__":  # ``python -m services.grpo_job --config FILE ...`` (the ``ray job submit`` entrypoint)
+    from services.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m services.grpo_job", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML or TOML config (default: configs/grpo_tiny.yaml)")
-    args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "grpo_tiny.yaml")
-    try:
-        cfg = load_config(GRPOJobConfig, path, rest)
-    except ConfigError as e:
-        print(f"grpo_job: {e}", file=sys.stderr)
-        return 2
-    return main(cfg)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli_main(["grpo", *sys.argv[1:]]))
