@@ -47,12 +47,14 @@ from services.grpo_data import (
     stage_problems,
     to_prompts,
 )
+from services.grpo_batch import BatchBuilder
+from services.grpo_checkpoint import JobCheckpoints
+from services.grpo_eval import evaluate_heldout
 from services.grpo_fleet import RolloutFleet
-from services.grpo_report import StepReport, evaluation_metrics, write_plots
+from services.grpo_report import StepReport, write_plots
 from services.grpo_schedule import (
     IdleClock,
     JobProgress,
-    prompts_to_issue,
     stage_stop_reason,
 )
 from services.job_config import GRPOJobConfig, stage_loss, stage_name, stage_reward
@@ -66,6 +68,7 @@ class GRPOJob:
     def __init__(self, cfg: GRPOJobConfig):
         self.cfg = cfg
         self.out = Path(cfg.output_dir).resolve()
+        self.checkpoints = JobCheckpoints(self.out, cfg.checkpoint.keep_last)
         self.progress = JobProgress()
         self.buffer: list[dict[str, Any]] = []
         """Scored groups pulled from the experience stream but not trained on yet."""
@@ -114,13 +117,6 @@ class GRPOJob:
                                    f"({ray.available_resources()}): lower the {role} resources or add nodes")
             groups.append(pg)
         return groups[0], groups[1]
-
-    def _resume_dir(self) -> Path | None:
-        latest = self.out / "checkpoints" / "latest.json"
-        if not (self.cfg.checkpoint.resume and latest.is_file()):
-            return None
-        path = self.out / "checkpoints" / json.loads(latest.read_text())["dir"]
-        return path if path.is_dir() else None
 
     def _start_learner(self, resume: Path | None):
         from learner.actor import Learner
@@ -203,7 +199,7 @@ class GRPOJob:
         c = self.cfg
         check_data_files(c)  # a bad line in the last stage's file stops the job now, not hours into it
         self.learner_pg, self.rollout_pg = self._placement_groups()
-        self.learner = self._start_learner(self._resume_dir())
+        self.learner = self._start_learner(self.checkpoints.latest() if c.checkpoint.resume else None)
         self.tokenizer = load_tokenizer(c.model)
         self.experience = self._start_experience()
         self.sink = ray.remote(num_cpus=0)(ScoringSink).remote(
@@ -290,10 +286,10 @@ class GRPOJob:
         self._checkpoint()  # a resume from here starts the next stage (or finds the job finished)
 
     def _train_stage(self, s: int) -> None:
+        """Train stage ``s`` until its stop rule (or the run's step budget), generating all the while."""
         import ray
         from tqdm import tqdm
 
-        from learner.batching import is_zero_variance
         from rollout.config import SamplingConfig
         from rollout.prompts import create_prompt_source
 
@@ -301,75 +297,42 @@ class GRPOJob:
         stage = c.stages[s]
         loss = stage_loss(c, s)
         ahead = c.issue_ahead_steps if loss.max_staleness is None else min(c.issue_ahead_steps, loss.max_staleness)
-        sync = ahead == 0
         prompts = to_prompts(stage_problems(stage, c.seed + s), self.tokenizer, s, c.max_prompt_tokens,
                              f"s{s}")
-        cursor = PromptCursor(prompts, p.data_position)
+        batches = BatchBuilder(PromptCursor(prompts, p.data_position), stage.prompts_per_step, ahead,
+                               dynamic_sampling=c.dynamic_sampling, max_draws_per_step=c.max_draws_per_step,
+                               buffer=self.buffer, pending=self.pending)
+        self.buffer, self.pending = [], []
         source = create_prompt_source()
-        in_flight: dict[str, dict[str, Any]] = {q["prompt_id"]: q for q in self.pending}
-        if self.pending:
-            ray.get(source.add.remote(self.pending))
-        self.pending = []
+        if batches.in_flight:  # prompts in flight at the last checkpoint: their groups were never trained
+            ray.get(source.add.remote(batches.in_flight_prompts))
         sampling = SamplingConfig(n=stage.group_size, temperature=stage.temperature, top_p=stage.top_p,
                                   max_tokens=stage.max_response_tokens, seed=None)
         self.fleet.start_continuous(source, self.sink, sampling.model_dump(), c.rollout.max_in_flight)
         bar = tqdm(total=stage.steps, initial=p.step_in_stage, desc=stage_name(c, s), disable=not c.progress_bar,
                    dynamic_ncols=True, file=sys.stderr)
-        batch: list[dict[str, Any]] = []
-        drawn = dropped = drawn_samples = drawn_correct = 0
-        rollout_tokens = restarts = 0
         t_step = time.perf_counter()
-        wait_s = 0.0
         idle = IdleClock(t_step)
         try:
             while True:
-                n_new = prompts_to_issue(stage.prompts_per_step, ahead, len(batch), len(self.buffer),
-                                         len(in_flight))
-                if n_new:
-                    new = cursor.take(n_new)
-                    in_flight.update((q["prompt_id"], q) for q in new)
+                new = batches.issue()
+                if new:
                     source.add.remote(new)
-                idle.mark(bool(in_flight), time.perf_counter())
-                restarts += self.fleet.poll()  # a dead worker's prompts are re-queued, the worker rejoined
+                idle.mark(bool(batches.in_flight), time.perf_counter())
+                batches.counters.worker_restarts += self.fleet.poll()  # a dead worker's prompts re-queued
                 t0 = time.perf_counter()
                 got = self.experience.get(stage.prompts_per_step, timeout=1.0)
-                wait_s += time.perf_counter() - t0
-                rollout_tokens += self._accept(got, in_flight)
-                idle.mark(bool(in_flight), time.perf_counter())
-                while self.buffer and len(batch) < stage.prompts_per_step:
-                    g = self.buffer.pop(0)
-                    drawn += 1
-                    drawn_samples += len(g["samples"])
-                    drawn_correct += sum(bool(x["correct"]) for x in g["samples"])
-                    if c.dynamic_sampling and is_zero_variance(g) and \
-                            drawn <= c.max_draws_per_step * stage.prompts_per_step:
-                        dropped += 1
-                        continue
-                    batch.append(g)
-                if len(batch) < stage.prompts_per_step:
+                batches.counters.learner_wait_s += time.perf_counter() - t0
+                batches.accept(got)
+                idle.mark(bool(batches.in_flight), time.perf_counter())
+                if not batches.fill():
                     continue
-                metrics = self.learner.train_step(batch)
-                metrics = {**metrics, "worker_restarts": restarts,
-                           "trained_groups": {g["group_id"]: len(g["samples"]) for g in batch}}
-                version = int(metrics.get("version", p.version + 1))
-                # a step the learner skipped (every sample older than max_staleness) leaves the version as
-                # it was: publishing it again would be refused by the workers as a stale update
-                sync_s = self._publish(version, wait=sync) if version > p.version else 0.0
-                now = time.perf_counter()
-                elapsed = now - t_step
-                idle_share = idle.take(now) / max(elapsed, 1e-9)
-                row = self.report.step(
-                    s, p, batch, metrics, version=version, dropped=dropped, elapsed=elapsed, sync_s=sync_s,
-                    rollout_tokens=rollout_tokens, learner_wait_s=wait_s, in_flight=len(in_flight),
-                    rollout_idle_share=idle_share, rollout_accuracy=drawn_correct / max(drawn_samples, 1),
-                    worker_stats=self.fleet.stats() if c.worker_stats else None)
-                p.record_step(row["reward_mean"], version)
-                p.data_position = cursor.position
+                batch, counters = batches.take()
+                self._train_step(s, batch, counters, sync=ahead == 0, in_flight=len(batches.in_flight),
+                                 elapsed=time.perf_counter() - t_step, idle=idle)
+                p.data_position = batches.cursor.position
                 bar.update(1)
-                batch, drawn, dropped, drawn_samples, drawn_correct, rollout_tokens, wait_s = [], 0, 0, 0, 0, 0, 0.0
-                restarts = 0
-                t_step = now
-                self.steps_this_run += 1
+                t_step = time.perf_counter()
                 reason = stage_stop_reason(p.step_in_stage, stage.steps, p.stage_rewards,
                                            stage.plateau.model_dump() if stage.plateau else None)
                 if reason:
@@ -380,11 +343,8 @@ class GRPOJob:
                 if stop_run or (c.checkpoint.every_steps and p.global_step % c.checkpoint.every_steps == 0):
                     # what was delivered joins the buffer through the same filter, so a group is either
                     # buffered or its prompt pending (re-issued on resume): nothing lost or repeated
-                    rollout_tokens += self._accept(self.experience.get(10**6, timeout=0.0)
-                                                   if self.experience.size() else [], in_flight)
-                    self.pending = list(in_flight.values())
-                    self._checkpoint()
-                    self.pending = []
+                    batches.accept(self.experience.get(10**6, timeout=0.0) if self.experience.size() else [])
+                    self._checkpoint(buffer=batches.buffer, pending=batches.in_flight_prompts)
                 if stop_run:
                     break
         finally:
@@ -392,70 +352,49 @@ class GRPOJob:
             self.fleet.stop_continuous()
             ray.kill(source)
         self.fleet.wait_published()
-        self.buffer = []  # left-over groups belong to this stage's data; the next stage starts fresh
+        # left-over groups belong to this stage's data; the next stage starts fresh
 
-    def _accept(self, groups: list[dict[str, Any]], in_flight: dict[str, dict[str, Any]]) -> int:
-        """Buffer the returned groups whose prompt is in flight; returns their completion tokens.
-
-        Anything else is dropped: another stage's late groups, and duplicates (a dead worker's group
-        that reached the sink before its prompt was re-queued, a pending prompt re-issued on resume
-        whose first group was still in the Redis stream)."""
-        tokens = 0
-        for g in groups:
-            if in_flight.pop(g["group_id"], None) is None:
-                continue
-            tokens += sum(len(x["completion_token_ids"]) for x in g["samples"])
-            self.buffer.append(g)
-        return tokens
+    def _train_step(self, s: int, batch: list[dict[str, Any]], counters: Any, *, sync: bool, in_flight: int,
+                    elapsed: float, idle: IdleClock) -> None:
+        """One optimizer step on ``batch``, the new weights published, the step's metrics reported."""
+        p = self.progress
+        metrics = self.learner.train_step(batch)
+        metrics = {**metrics, "worker_restarts": counters.worker_restarts,
+                   "trained_groups": {g["group_id"]: len(g["samples"]) for g in batch}}
+        version = int(metrics.get("version", p.version + 1))
+        # a step the learner skipped (every sample older than max_staleness) leaves the version as
+        # it was: publishing it again would be refused by the workers as a stale update
+        sync_s = self._publish(version, wait=sync) if version > p.version else 0.0
+        row = self.report.step(
+            s, p, batch, metrics, version=version, dropped=counters.dropped, elapsed=elapsed, sync_s=sync_s,
+            rollout_tokens=counters.rollout_tokens, learner_wait_s=counters.learner_wait_s, in_flight=in_flight,
+            rollout_idle_share=idle.take(time.perf_counter()) / max(elapsed, 1e-9),
+            rollout_accuracy=counters.rollout_accuracy,
+            worker_stats=self.fleet.stats() if self.cfg.worker_stats else None)
+        p.record_step(row["reward_mean"], version)
+        self.steps_this_run += 1
 
     # ---- evaluation and checkpoints -----------------------------------------------------------------
     def _evaluate(self, label: str, s: int) -> dict[str, Any]:
         """Held-out accuracy of the current weights with the rollout workers: avg@k, pass@k, greedy."""
-        import ray
-
-        from rollout.config import SamplingConfig
-
-        ev, stage = self.cfg.eval, self.cfg.stages[s]
-        max_tokens = ev.max_response_tokens or stage.max_response_tokens
-        t0 = time.perf_counter()
-        result: dict[str, Any] = {"label": label, "stage": s, "version": self.progress.version,
-                                  "global_step": self.progress.global_step}
-        # no per-request seed: vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a
-        # seeded request is chunk-prefilled, which a 200-prompt evaluation batch triggers
-        modes = [("avg", SamplingConfig(n=ev.k, temperature=ev.temperature, max_tokens=max_tokens))]
-        if ev.greedy:
-            modes.append(("greedy", SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)))
-        for mode, sampling in modes:
-            n = len(self.fleet.wait_for_up())
-            shards = [sh for sh in (self.heldout[i::n] for i in range(n)) if sh]
-            groups = sum(self.fleet.map("generate", shards, sampling.model_dump()), [])
-            scored = ray.get(self.sink.score.remote(groups))
-            result.update(evaluation_metrics(scored, mode, ev.k))
-        result["eval_s"] = time.perf_counter() - t0
+        ev, p = self.cfg.eval, self.progress
+        result = {"label": label, "stage": s, "version": p.version, "global_step": p.global_step,
+                  **evaluate_heldout(self.fleet, self.sink, self.heldout, ev,
+                                     ev.max_response_tokens or self.cfg.stages[s].max_response_tokens)}
         self.evals.append(result)
         self.report.log_eval(result)
         return result
 
-    def _checkpoint(self) -> None:
-        """Learner state + job progress + unconsumed experience; ``latest.json`` points at it.
+    def _checkpoint(self, buffer: list[dict[str, Any]] | None = None,
+                    pending: list[dict[str, Any]] | None = None) -> None:
+        """Learner state + job progress + groups not trained on + prompts in flight (``grpo_checkpoint``).
 
         Groups still in the stream are not pulled here (mid-stage the driver has already moved them into
-        the buffer through ``_accept``; at a stage end they belong to the finished stage): with Redis
-        they stay unacknowledged or undelivered and come back after a resume, where ``_accept`` sorts them."""
-        tag = f"step_{self.progress.global_step:07d}"
-        path = self.out / "checkpoints" / tag
-        extra = {"progress": self.progress.to_dict(), "buffer": self.buffer, "pending": self.pending,
+        the buffer; at a stage end they belong to the finished stage): with Redis they stay unacknowledged
+        or undelivered and come back after a resume, where the batch builder sorts them."""
+        extra = {"progress": self.progress.to_dict(), "buffer": buffer or [], "pending": pending or [],
                  "evals": self.evals}
-        self.learner.save_checkpoint(str(path), extra)
-        self.experience.ack()  # Redis: what was delivered is now in the weights or in ``extra``
-        latest = self.out / "checkpoints" / "latest.json"
-        latest.write_text(json.dumps({"dir": tag, "global_step": self.progress.global_step}))
-        kept = sorted(d for d in (self.out / "checkpoints").iterdir() if d.is_dir())
-        for old in kept[: -self.cfg.checkpoint.keep_last]:
-            import shutil
-
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("checkpoint %s", path)
+        self.checkpoints.save(self.learner, self.experience, self.progress.global_step, extra)
 
 
 def main(cfg: GRPOJobConfig) -> int:
