@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/reward.proto\x12\x12\x66lywheel.reward.v1\"l\n\nVerifyItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x0c\n\x04gold\x18\x03 \x01(\t\x12\x1c\n\x0fresponse_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x12\n\x10_response_tokens\"\x99\x02\n\rVerifyOptions\x12\x16\n\ttimeout_s\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12!\n\x14last_number_fallback\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rformat_reward\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12 \n\x13max_response_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12#\n\x16overlong_buffer_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x0c\n\n_timeout_sB\x17\n\x15_last_number_fallbackB\x10\n\x0e_format_rewardB\x16\n\x14_max_response_tokensB\x19\n\x17_overlong_buffer_tokens\"r\n\rVerifyRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.flywheel.reward.v1.VerifyItem\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.flywheel.reward.v1.VerifyOptions\"D\n\x0bRewardParts\x12\x13\n\x0b\x63orrectness\x18\x01 \x01(\x01\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\x01\x12\x10\n\x08overlong\x18\x03 \x01(\x01\"\xd0\x01\n\x07Verdict\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x16\n\textracted\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06reward\x18\x06 \x01(\x01\x12.\n\x05parts\x18\x07 \x01(\x0b\x32\x1f.flywheel.reward.v1.RewardParts\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x08\x42\x0c\n\n_extracted\"Y\n\x0eVerifyResponse\x12-\n\x08verdicts\x18\x01 \x03(\x0b\x32\x1b.flywheel.reward.v1.Verdict\x12\x18\n\x10verifier_version\x18\x02 \x01(\t2\xb1\x01\n\rRewardService\x12O\n\x06Verify\x12!.flywheel.reward.v1.VerifyRequest\x1a\".flywheel.reward.v1.VerifyResponse\x12O\n\x0cVerifyStream\x12\x1e.flywheel.reward.v1.VerifyItem\x1a\x1b.flywheel.reward.v1.Verdict(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/reward.proto\x12\x12\x66lywheel.reward.v1\"l\n\nVerifyItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x0c\n\x04gold\x18\x03 \x01(\t\x12\x1c\n\x0fresponse_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x12\n\x10_response_tokens\"\xc1\x02\n\rVerifyOptions\x12\x16\n\ttimeout_s\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12!\n\x14last_number_fallback\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rformat_reward\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12 \n\x13max_response_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12#\n\x16overlong_buffer_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x17\n\nextraction\x18\x06 \x01(\tH\x05\x88\x01\x01\x42\x0c\n\n_timeout_sB\x17\n\x15_last_number_fallbackB\x10\n\x0e_format_rewardB\x16\n\x14_max_response_tokensB\x19\n\x17_overlong_buffer_tokensB\r\n\x0b_extraction\"r\n\rVerifyRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.flywheel.reward.v1.VerifyItem\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.flywheel.reward.v1.VerifyOptions\"D\n\x0bRewardParts\x12\x13\n\x0b\x63orrectness\x18\x01 \x01(\x01\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\x01\x12\x10\n\x08overlong\x18\x03 \x01(\x01\"\xd0\x01\n\x07Verdict\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x16\n\textracted\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06reward\x18\x06 \x01(\x01\x12.\n\x05parts\x18\x07 \x01(\x0b\x32\x1f.flywheel.reward.v1.RewardParts\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x08\x42\x0c\n\n_extracted\"Y\n\x0eVerifyResponse\x12-\n\x08verdicts\x18\x01 \x03(\x0b\x32\x1b.flywheel.reward.v1.Verdict\x12\x18\n\x10verifier_version\x18\x02 \x01(\t2\xb1\x01\n\rRewardService\x12O\n\x06Verify\x12!.flywheel.reward.v1.VerifyRequest\x1a\".flywheel.reward.v1.VerifyResponse\x12O\n\x0cVerifyStream\x12\x1e.flywheel.reward.v1.VerifyItem\x1a\x1b.flywheel.reward.v1.Verdict(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYITEM']._serialized_start=43
   _globals['_VERIFYITEM']._serialized_end=151
   _globals['_VERIFYOPTIONS']._serialized_start=154
-  _globals['_VERIFYOPTIONS']._serialized_end=435
-  _globals['_VERIFYREQUEST']._serialized_start=437
-  _globals['_VERIFYREQUEST']._serialized_end=551
-  _globals['_REWARDPARTS']._serialized_start=553
-  _globals['_REWARDPARTS']._serialized_end=621
-  _globals['_VERDICT']._serialized_start=624
-  _globals['_VERDICT']._serialized_end=832
-  _globals['_VERIFYRESPONSE']._serialized_start=834
-  _globals['_VERIFYRESPONSE']._serialized_end=923
-  _globals['_REWARDSERVICE']._serialized_start=926
-  _globals['_REWARDSERVICE']._serialized_end=1103
+  _globals['_VERIFYOPTIONS']._serialized_end=475
+  _globals['_VERIFYREQUEST']._serialized_start=477
+  _globals['_VERIFYREQUEST']._serialized_end=591
+  _globals['_REWARDPARTS']._serialized_start=593
+  _globals['_REWARDPARTS']._serialized_end=661
+  _globals['_VERDICT']._serialized_start=664
+  _globals['_VERDICT']._serialized_end=872
+  _globals['_VERIFYRESPONSE']._serialized_start=874
+  _globals['_VERIFYRESPONSE']._serialized_end=963
+  _globals['_REWARDSERVICE']._serialized_start=966
+  _globals['_REWARDSERVICE']._serialized_end=1143
 # @@protoc_insertion_point(module_scope)

@@ -19,18 +19,20 @@ class VerifyItem(_message.Message):
     def __init__(self, id: _Optional[str] = ..., completion: _Optional[str] = ..., gold: _Optional[str] = ..., response_tokens: _Optional[int] = ...) -> None: ...
 
 class VerifyOptions(_message.Message):
-    __slots__ = ("timeout_s", "last_number_fallback", "format_reward", "max_response_tokens", "overlong_buffer_tokens")
+    __slots__ = ("timeout_s", "last_number_fallback", "format_reward", "max_response_tokens", "overlong_buffer_tokens", "extraction")
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LAST_NUMBER_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     FORMAT_REWARD_FIELD_NUMBER: _ClassVar[int]
     MAX_RESPONSE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OVERLONG_BUFFER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     timeout_s: float
     last_number_fallback: bool
     format_reward: bool
     max_response_tokens: int
     overlong_buffer_tokens: int
-    def __init__(self, timeout_s: _Optional[float] = ..., last_number_fallback: _Optional[bool] = ..., format_reward: _Optional[bool] = ..., max_response_tokens: _Optional[int] = ..., overlong_buffer_tokens: _Optional[int] = ...) -> None: ...
+    extraction: str
+    def __init__(self, timeout_s: _Optional[float] = ..., last_number_fallback: _Optional[bool] = ..., format_reward: _Optional[bool] = ..., max_response_tokens: _Optional[int] = ..., overlong_buffer_tokens: _Optional[int] = ..., extraction: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("items", "options")

@@ -1,12 +1,18 @@
-"""A pool of verifier worker processes with hard per-item time limits.
+"""A pool of verifier worker processes with hard per-item time limits and fair scheduling.
 
 Workers are started with the ``forkserver`` start method, the server preloading ``rewards.worker``
 and sympy: the caller is never forked (safe from any thread, inside uvicorn, gRPC servers and Ray
-actors), and a replacement worker is a ~10 ms fork instead of a ~1 s interpreter start. The
-calling thread sends a task down a pipe and waits on the pipes with ``select`` until the item's
-deadline; past it, the worker is killed (SIGKILL to that one process, never a signal handler in
-the caller) and a replacement is started at once, so the pool recovers while the batch goes on.
-Thread-safe; one pool per process (``shared_pool``).
+actors), and a replacement worker is a ~10 ms fork instead of a ~1 s interpreter start.
+
+One dispatcher thread owns the workers. ``run(tasks, timeout_s, deadline)`` hands it a *job* and
+waits; the dispatcher gives each free worker the next task of the next job in turn (round robin
+across jobs), so a caller with many or slow items never starves the others. It waits on the
+workers' pipes with ``select``; an item past its time limit (or past its job's deadline) is
+answered ``timeout``, its worker killed (SIGKILL to that one process, never a signal handler in the
+caller) and replaced at once. Tasks a job could not start before its deadline get ``timeout``
+without running. Thread-safe; one pool per process (``shared_pool``). Inside a worker process
+``shared_pool`` returns an :class:`InlinePool` instead, so code that calls the verifier there (a
+whole item scored under one limit) runs in place.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from multiprocessing.context import ForkServerProcess, set_spawning_popen
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0
+"""How long a new worker may take to say it is ready."""
 
 
 def _context():
@@ -67,6 +74,28 @@ class VerifierProcess(ForkServerProcess):
         return _NoMainPopen(process_obj)
 
 
+class _Job:
+    """One ``run`` call: its tasks, limits and results (touched by the dispatcher thread only)."""
+
+    def __init__(self, tasks: list[dict], timeout_s: float, deadline: float | None):
+        self.tasks = tasks
+        self.timeout_s = timeout_s
+        self.deadline = deadline
+        self.results: list[dict | None] = [None] * len(tasks)
+        self.pending = deque(range(len(tasks)))
+        self.inflight = 0
+        self.done = threading.Event()
+
+    def settle(self, idx: int, result: dict) -> None:
+        self.results[idx] = result
+        self.inflight -= 1
+        self.check_done()
+
+    def check_done(self) -> None:
+        if not self.pending and self.inflight == 0:
+            self.done.set()
+
+
 class _Worker:
     def __init__(self) -> None:
         from rewards.worker import serve
@@ -79,9 +108,10 @@ class _Worker:
         self.fd = self.conn.fileno()
         self.ready = False
         self.started = time.monotonic()
-
-    def send(self, task: dict) -> None:
-        self.conn.send(task)
+        self.job: _Job | None = None
+        self.idx = -1
+        self.sent = 0.0
+        self.deadline = 0.0
 
     def read_messages(self) -> list | None:
         """Messages available now; None at EOF (the worker died)."""
@@ -90,7 +120,7 @@ class _Worker:
             while self.conn.poll():
                 out.append(self.conn.recv())
         except (EOFError, OSError):
-            return out or None
+            return None
         return out
 
     def kill(self) -> None:
@@ -106,137 +136,284 @@ class _Worker:
 
 
 class WorkerPool:
-    """``run(tasks, timeout_s)`` -> one result dict per task, in order (``status`` is always set)."""
+    """``run(tasks, timeout_s, deadline)`` -> one result dict per task, in order (``status`` is always set)."""
 
     def __init__(self, num_workers: int = 2):
         self.size = num_workers
-        self._cond = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._live = 0
         self.restarts = 0
         """Workers killed (time limit) or died, and replaced."""
         self.timeouts = 0
+        """Items that hit their time limit or their job's deadline."""
+        self.start_error: str | None = None
+        """Why the last worker start failed (None once one starts again)."""
+        self.dispatcher_error: str | None = None
+        """Set if the dispatcher thread stopped on an unexpected error (the pool then refuses work)."""
+        self._lock = threading.Condition()
+        self._new: deque[_Job] = deque()
         self._closed = False
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        # owned by the dispatcher thread:
+        self._workers: dict[int, _Worker] = {}
+        self._rotation: deque[_Job] = deque()
+        self._ready = 0
+        self._next_start = 0.0
 
+    # ---- callers
     def resize(self, num_workers: int) -> None:
-        with self._cond:
+        with self._lock:
             self.size = max(self.size, num_workers)
-            self._cond.notify_all()
+        self._wake()
 
     def warm_up(self, wait: bool = False) -> float:
-        """Start all workers now (they import sympy in parallel); with ``wait``, until all answer. Seconds taken."""
+        """Start all workers now (they import sympy in parallel); with ``wait``, until all are ready. Seconds taken."""
         t0 = time.monotonic()
-        with self._cond:
-            while self._live < self.size:
-                self._idle.append(_Worker())
-                self._live += 1
+        self._ensure_thread()
         if wait:
-            self.run([{"ping": True}] * self.size, STARTUP_TIMEOUT_S)
+            with self._lock:
+                self._lock.wait_for(lambda: self._ready >= self.size or self._stopped(),
+                                    timeout=STARTUP_TIMEOUT_S)
         return time.monotonic() - t0
 
-    def _acquire(self, block: bool) -> _Worker | None:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise RuntimeError("verifier pool is closed")
-                if self._idle:
-                    return self._idle.pop()
-                if self._live < self.size:
-                    self._live += 1
-                    return _Worker()
-                if not block:
-                    return None
-                self._cond.wait()
-
-    def _release(self, w: _Worker) -> None:
-        with self._cond:
-            if self._closed:
-                w.kill()
-                return
-            self._idle.append(w)
-            self._cond.notify()
-
-    def _replace(self, w: _Worker, why: str) -> None:
-        w.kill()
-        with self._cond:
-            self.restarts += 1
-            if self._closed:
-                self._live -= 1
-                return
-            self._idle.append(_Worker())  # starts importing now; ready by the time it is needed
-            self._cond.notify()
-        log.info("verifier worker pid %d replaced (%s); %d restarts so far", w.proc.pid, why, self.restarts)
-
-    def run(self, tasks: list[dict], timeout_s: float) -> list[dict]:
-        results: list[dict | None] = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
-        inflight: dict[int, tuple[_Worker, int, float]] = {}  # fd -> (worker, index, deadline)
+    def run(self, tasks: list[dict], timeout_s: float, deadline: float | None = None) -> list[dict]:
+        """Results in order; each has ``elapsed_ms`` (time in a worker). ``deadline`` is a ``time.monotonic()``
+        instant after which every unfinished task is answered ``timeout``."""
+        if not tasks:
+            return []
+        job = _Job(list(tasks), timeout_s, deadline)
+        self._ensure_thread()
+        with self._lock:
+            if self._stopped():
+                raise RuntimeError("verifier pool is closed" if self._closed else
+                                   f"verifier pool stopped: {self.dispatcher_error}")
+            self._new.append(job)
+        self._wake()
         try:
-            while pending or inflight:
-                while pending:
-                    w = self._acquire(block=not inflight)
-                    if w is None:
-                        break
-                    idx = pending.popleft()
-                    try:
-                        w.send(tasks[idx])
-                    except (BrokenPipeError, OSError, ValueError):
-                        results[idx] = _failed("worker pipe broken")
-                        self._replace(w, "broken pipe")
-                        continue
-                    start = time.monotonic()
-                    deadline = start + timeout_s if w.ready else w.started + STARTUP_TIMEOUT_S
-                    inflight[w.fd] = (w, idx, deadline)
-                now = time.monotonic()
-                wait = max(0.0, min(d for _, _, d in inflight.values()) - now)
-                readable, _, _ = select.select(list(inflight), [], [], wait)
-                for fd in readable:
-                    w, idx, deadline = inflight[fd]
-                    messages = w.read_messages()
-                    if messages is None:
-                        del inflight[fd]
-                        results[idx] = _failed(f"worker died (exit code {w.proc.exitcode})")
-                        self._replace(w, "died")
-                        continue
-                    for msg in messages:
-                        if msg == "ready":
-                            w.ready = True
-                            inflight[fd] = (w, idx, time.monotonic() + timeout_s)
-                        else:
-                            results[idx] = msg
-                            del inflight[fd]
-                            self._release(w)
-                now = time.monotonic()
-                for fd, (w, idx, deadline) in list(inflight.items()):
-                    if now >= deadline:
-                        del inflight[fd]
-                        if w.ready:
-                            self.timeouts += 1
-                            results[idx] = {"equal": False, "status": "timeout",
-                                            "reason": f"exceeded the {timeout_s:g} s time limit; worker killed"}
-                        else:
-                            results[idx] = _failed(f"worker did not start within {STARTUP_TIMEOUT_S:g} s")
-                        self._replace(w, "time limit")
+            job.done.wait()
         finally:
-            for w, idx, _ in inflight.values():  # interrupted (e.g. KeyboardInterrupt): do not leak
-                self._replace(w, "interrupted")
-        return [r if r is not None else _failed("not run") for r in results]
+            if not job.done.is_set():  # the caller was interrupted: stop what has not started
+                job.deadline = time.monotonic()
+                self._wake()
+        return [r if r is not None else _failed("not run") for r in job.results]
+
+    def state(self) -> dict:
+        """``ready`` workers of ``size``, ``restarts``, ``timeouts``, and ``error`` (None when the pool can serve)."""
+        error = self.dispatcher_error or ("closed" if self._closed else None)
+        if error is None and self._ready == 0 and self.start_error:
+            error = f"no verifier worker is running: {self.start_error}"
+        return {"ready": self._ready, "size": self.size, "restarts": self.restarts, "timeouts": self.timeouts,
+                "error": error}
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-            self._cond.notify_all()
-        for w in idle:
-            w.kill()
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # ---- dispatcher
+    def _stopped(self) -> bool:
+        return self._closed or self.dispatcher_error is not None
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is pending already
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stopped():
+                self._thread = threading.Thread(target=self._dispatch, name="flywheel-verifier-dispatch",
+                                                daemon=True)
+                self._thread.start()
+
+    def _dispatch(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        break
+                    self._rotation.extend(self._new)
+                    self._new.clear()
+                self._top_up()
+                now = time.monotonic()
+                self._expire(now)
+                self._assign(now)
+                self._wait(now)
+        except BaseException as e:  # noqa: BLE001 - never leave callers waiting on a dead dispatcher
+            log.exception("verifier dispatcher stopped")
+            self.dispatcher_error = f"{type(e).__name__}: {e}"
+        finally:
+            reason = "verifier pool closed" if self._closed else "verifier pool stopped"
+            with self._lock:
+                jobs = list(self._rotation) + list(self._new)
+                self._new.clear()
+                self._lock.notify_all()
+            jobs += [w.job for w in self._workers.values() if w.job is not None]
+            for w in list(self._workers.values()):
+                w.kill()
+            self._workers.clear()
+            self._ready = 0
+            for job in jobs:
+                for i, r in enumerate(job.results):
+                    if r is None:
+                        job.results[i] = _failed(reason)
+                job.pending.clear()
+                job.done.set()
+
+    def _top_up(self) -> None:
+        now = time.monotonic()
+        while len(self._workers) < self.size and now >= self._next_start:
+            try:
+                w = _Worker()
+            except Exception as e:  # noqa: BLE001 - e.g. the forkserver cannot start: retry, say so in state()
+                self.start_error = f"{type(e).__name__}: {e}"
+                self._next_start = now + 1.0
+                log.error("cannot start a verifier worker (%s); retrying in 1 s", self.start_error)
+                if not self._workers:  # nothing can run: answer what waits instead of hanging
+                    self._fail_pending(f"no verifier worker could be started: {self.start_error}")
+                return
+            self._workers[w.fd] = w
+
+    def _fail_pending(self, reason: str) -> None:
+        for job in self._rotation:
+            while job.pending:
+                job.results[job.pending.popleft()] = _failed(reason)
+            job.check_done()
+        self._rotation.clear()
+
+    def _replace(self, w: _Worker, why: str) -> None:
+        self._workers.pop(w.fd, None)
+        if w.ready:
+            self._ready -= 1
+        w.kill()
+        self.restarts += 1
+        log.info("verifier worker pid %s replaced (%s); %d restarts so far", w.proc.pid, why, self.restarts)
+        self._top_up()  # starts importing now; ready by the time it is needed
+
+    def _expire(self, now: float) -> None:
+        for job in self._rotation:  # tasks that could not start before their job's deadline
+            if job.deadline is not None and now >= job.deadline and job.pending:
+                while job.pending:
+                    self.timeouts += 1
+                    job.results[job.pending.popleft()] = {
+                        "equal": False, "status": "timeout", "elapsed_ms": 0.0,
+                        "reason": "the request's deadline passed before this item could run"}
+                job.check_done()
+        for w in list(self._workers.values()):
+            if w.job is not None and now >= w.deadline:
+                job, idx = w.job, w.idx
+                self.timeouts += 1
+                limit = ("the request's deadline" if job.deadline is not None and w.deadline >= job.deadline
+                         else f"the {job.timeout_s:g} s time limit")
+                self._replace(w, "time limit")
+                job.settle(idx, {"equal": False, "status": "timeout", "elapsed_ms": (now - w.sent) * 1e3,
+                                 "reason": f"exceeded {limit}; worker killed"})
+            elif not w.ready and now >= w.started + STARTUP_TIMEOUT_S:
+                self.start_error = f"a worker did not start within {STARTUP_TIMEOUT_S:g} s"
+                self._replace(w, "did not start")
+
+    def _assign(self, now: float) -> None:
+        idle = [w for w in self._workers.values() if w.ready and w.job is None]
+        while idle and self._rotation:
+            job = self._rotation.popleft()
+            if not job.pending:
+                continue
+            idx = job.pending.popleft()
+            w = idle.pop()
+            job.inflight += 1
+            try:
+                w.conn.send(job.tasks[idx])
+            except (BrokenPipeError, OSError, ValueError):
+                self._replace(w, "broken pipe")
+                job.settle(idx, _failed("worker pipe broken"))
+            else:
+                w.job, w.idx, w.sent = job, idx, now
+                w.deadline = now + job.timeout_s
+                if job.deadline is not None:
+                    w.deadline = min(w.deadline, job.deadline)
+            if job.pending:
+                self._rotation.append(job)  # to the back: the next free worker goes to the next job
+
+    def _wait(self, now: float) -> None:
+        deadlines = [w.deadline if w.job is not None else w.started + STARTUP_TIMEOUT_S
+                     for w in self._workers.values() if w.job is not None or not w.ready]
+        deadlines += [j.deadline for j in self._rotation if j.deadline is not None and j.pending]
+        if len(self._workers) < self.size:
+            deadlines.append(self._next_start)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        readable, _, _ = select.select([self._wake_r, *self._workers], [], [], timeout)
+        for fd in readable:
+            if fd == self._wake_r:
+                os.read(self._wake_r, 4096)
+                continue
+            w = self._workers.get(fd)
+            if w is not None:
+                self._on_readable(w)
+
+    def _on_readable(self, w: _Worker) -> None:
+        messages = w.read_messages()
+        if messages is None:
+            job, idx = w.job, w.idx
+            self._replace(w, "died")
+            if job is not None:
+                job.settle(idx, _failed(f"worker died (exit code {w.proc.exitcode})"))
+            return
+        for msg in messages:
+            if msg == "ready":
+                w.ready = True
+                self.start_error = None
+                with self._lock:
+                    self._ready += 1
+                    self._lock.notify_all()
+            elif w.job is not None:
+                job, idx = w.job, w.idx
+                w.job = None
+                job.settle(idx, {**msg, "elapsed_ms": (time.monotonic() - w.sent) * 1e3})
+
+
+class InlinePool:
+    """``shared_pool()`` inside a verifier worker: runs tasks right here (the parent's kill is the time limit)."""
+
+    size = 1
+    restarts = 0
+    timeouts = 0
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self._configs: OrderedDict = OrderedDict()
+
+    def run(self, tasks: list[dict], timeout_s: float, deadline: float | None = None) -> list[dict]:
+        from rewards.worker import handle
+
+        return [handle(t, self._configs) for t in tasks]
+
+    def warm_up(self, wait: bool = False) -> float:
+        return 0.0
+
+    def resize(self, num_workers: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _failed(reason: str) -> dict:
-    return {"equal": False, "status": "error", "reason": reason}
+    return {"equal": False, "status": "error", "reason": reason, "elapsed_ms": 0.0}
 
 
-_shared: tuple[int, WorkerPool] | None = None
+_shared: tuple[int, WorkerPool | InlinePool] | None = None
 _shared_lock = threading.Lock()
+
+
+def use_inline_pool() -> None:
+    """Called once by a verifier worker process: its ``shared_pool()`` runs tasks in place."""
+    global _shared
+    with _shared_lock:
+        _shared = (os.getpid(), InlinePool())
 
 
 def shared_pool(num_workers: int = 2) -> WorkerPool:
@@ -247,7 +424,7 @@ def shared_pool(num_workers: int = 2) -> WorkerPool:
             _shared = (os.getpid(), WorkerPool(num_workers))
         else:
             _shared[1].resize(num_workers)
-        return _shared[1]
+        return _shared[1]  # type: ignore[return-value]
 
 
 @atexit.register

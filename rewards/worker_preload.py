@@ -12,3 +12,6 @@ for _gold, _pred in (("x^2+2x+1", "(x+1)^2"), ("y=2x+1", "2x+1-y=0"), ("\\sqrt{2
         compare(_gold, _pred, _cfg)
     except Exception:  # noqa: BLE001 - a failed warm-up must never take the forkserver down
         pass
+
+import rewards.shaping  # noqa: E402,F401 - whole-item scoring (extraction + shaping) runs in the workers too
+import rewards.worker_pool  # noqa: E402,F401

@@ -1,118 +1,135 @@
-"""HTTP front end of the reward verifier (FastAPI): ``POST /v1/verify``, ``GET /healthz``, ``GET /metrics``.
+"""HTTP adapter of the reward verifier (FastAPI): ``POST /v1/verify``, ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``; the OpenAPI spec at ``/openapi.json`` is the contract and lists every status returned.
 
-Bad requests get a 4xx with a message (401 auth, 413 body too large, 422 invalid / too many items)
-and the server keeps serving. The verify handler is a plain ``def``: FastAPI runs it in its thread
-pool, where the verifier's worker pool blocks safely.
+Refusals are JSON ``{"detail", "request_id", "errors"}``: 400 (unparsable body), 401 (token), 413 (body
+too large), 422 (invalid field, named; too many items or characters), 503 + Retry-After (busy or
+shutting down). Bodies never carry the offending value, a traceback, a path or an internal setting;
+the server logs each refusal and failure with the request id (also in the ``X-Request-ID`` header).
+Health endpoints are ``async`` and do no I/O, so they answer at once while verify requests run in a
+bounded thread pool of their own.
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations``: FastAPI reads the request model (built from the config) at def time
 
+import logging
 import time
+import uuid
 
-from fastapi import FastAPI, HTTPException, Request
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.reward_server import RequestError, RewardService
+from services.reward_api import ErrorOut, HealthOut, RequestError, VerifyResponseOut, validation_error
+from services.reward_service import RewardService
 
+log = logging.getLogger("flywheel.reward_server")
 
-class VerifyItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = ""
-    """Caller's id, echoed in the verdict."""
-    completion: str
-    """Model output."""
-    gold: str
-    """Reference answer."""
-    response_tokens: int | None = Field(None, ge=0)
-    """Response length in tokens (for the overlong penalty)."""
+RETRY_AFTER_S = 1
+"""Retry-After of a 503 (busy)."""
 
 
-class VerifyOptionsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    timeout_s: float | None = Field(None, gt=0)
-    last_number_fallback: bool | None = None
-    format_reward: bool | None = None
-    max_response_tokens: int | None = Field(None, ge=0)
-    overlong_buffer_tokens: int | None = Field(None, ge=0)
-
-
-class VerifyRequestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    items: list[VerifyItemIn]
-    options: VerifyOptionsIn | None = None
-
-
-class RewardPartsOut(BaseModel):
-    correctness: float
-    format: float
-    overlong: float
-
-
-class VerdictOut(BaseModel):
-    id: str
-    correct: bool
-    status: str
-    extracted: str | None
-    reason: str
-    reward: float
-    parts: RewardPartsOut
-    latency_ms: float
-    cached: bool
-
-
-class VerifyResponseOut(BaseModel):
-    verdicts: list[VerdictOut]
-    verifier_version: str
+def _error(status: int, detail: str, request: Request, errors: list | None = None,
+           headers: dict | None = None) -> JSONResponse:
+    rid = getattr(request.state, "request_id", "")
+    body = ErrorOut(detail=detail, request_id=rid, errors=errors or []).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def build_app(service: RewardService) -> FastAPI:
     from rewards.verifier import VERIFIER_VERSION
 
+    cfg = service.cfg
     app = FastAPI(title="Flywheel reward verifier", version=VERIFIER_VERSION,
-                  description="Batch verification of (completion, gold answer) pairs with reward shaping.")
-    limit = service.cfg.max_request_bytes
+                  description="Batch verification of (completion, gold answer) pairs with reward shaping. "
+                              "Every status code the service returns is listed per operation.")
+    limit = cfg.max_request_bytes
+    verify_threads = anyio.CapacityLimiter(cfg.max_concurrent_requests)
+    bearer = [Depends(HTTPBearer(auto_error=False))] if cfg.auth_token else []  # declares the scheme in the spec
+    refusals = {400: "Body is not parsable", 401: "Missing or wrong bearer token",
+                413: "Body larger than max_request_bytes", 422: "An invalid field (named), too many items or characters",
+                503: "Busy or shutting down: retry after Retry-After seconds"}
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if not service.authorized(request.headers.get("authorization")):
-                service.metrics.errors.labels("http", "unauthenticated").inc()
-                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                service.metrics.errors.labels("http", "too_large").inc()
-                return JSONResponse({"detail": f"request body of {declared} bytes exceeds max_request_bytes={limit}"},
-                                    status_code=413)
-            body = await request.body()  # chunked bodies without a length: check what arrived
-            if len(body) > limit:
-                service.metrics.errors.labels("http", "too_large").inc()
-                return JSONResponse({"detail": f"request body exceeds max_request_bytes={limit}"}, status_code=413)
-        return await call_next(request)
+        request.state.request_id = rid = uuid.uuid4().hex[:16]
+        try:
+            if request.url.path.startswith("/v1/"):
+                if not service.authorized(request.headers.get("authorization")):
+                    service.metrics.errors.labels("http", "unauthenticated").inc()
+                    response = _error(401, "missing or wrong bearer token", request,
+                                      headers={"WWW-Authenticate": "Bearer"})
+                    response.headers["X-Request-ID"] = rid
+                    return response
+                declared = request.headers.get("content-length", "")
+                too_large = declared.isdigit() and int(declared) > limit
+                if not too_large:
+                    too_large = len(await request.body()) > limit  # chunked bodies without a length
+                if too_large:
+                    service.metrics.errors.labels("http", "too_large").inc()
+                    response = _error(413, f"request body exceeds max_request_bytes={limit}", request)
+                    response.headers["X-Request-ID"] = rid
+                    return response
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - a bug must not leak a traceback: log it, answer with the id
+            log.exception("request %s (%s %s) failed", rid, request.method, request.url.path)
+            response = _error(500, "internal error; the server log has the details under this request id", request)
+        response.headers["X-Request-ID"] = rid
+        return response
 
-    @app.post("/v1/verify", response_model=VerifyResponseOut)
-    def verify(req: VerifyRequestIn) -> dict:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        err = validation_error(list(exc.errors()))
+        service.metrics.errors.labels("http", err.kind).inc()
+        log.info("request %s refused: %s", request.state.request_id, str(err)[:500])
+        return _error(422, str(err), request, err.errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else "bad request"
+        if exc.status_code == 400:
+            service.metrics.errors.labels("http", "invalid").inc()
+            detail = "the body could not be parsed as JSON"
+        return _error(exc.status_code, detail, request, headers=getattr(exc, "headers", None))
+
+    @app.post("/v1/verify", response_model=VerifyResponseOut, dependencies=bearer,
+              responses={code: {"model": ErrorOut, "description": d} for code, d in refusals.items()})
+    async def verify(req: service.models.request, request: Request):  # type: ignore[name-defined]
+        """Verify a batch of (completion, gold) pairs: one verdict per item, in order."""
         t0 = time.perf_counter()
         try:
-            verdicts = service.verify([it.model_dump() for it in req.items],
-                                      req.options.model_dump() if req.options else None)
+            verdicts = await anyio.to_thread.run_sync(service.verify, req, limiter=verify_threads)
         except RequestError as e:
             service.metrics.errors.labels("http", e.kind).inc()
-            raise HTTPException(status_code=422, detail=str(e)) from None
+            log.info("request %s refused: %s", request.state.request_id, str(e)[:500])
+            if e.kind == "busy":
+                return _error(503, str(e), request, headers={"Retry-After": str(RETRY_AFTER_S)})
+            return _error(422, str(e), request, e.errors)
         finally:
             service.metrics.latency.labels("http").observe(time.perf_counter() - t0)
         return {"verdicts": verdicts, "verifier_version": VERIFIER_VERSION}
 
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return service.health()
+    health_responses = {503: {"model": HealthOut, "description": "Unavailable (the body says why)"}}
 
-    @app.get("/metrics")
-    def metrics() -> Response:
+    @app.get("/healthz", response_model=HealthOut, responses=health_responses)
+    async def healthz():
+        """Liveness: 503 when no verification can run (the verifier pool is broken)."""
+        h = service.health()
+        return JSONResponse(h, status_code=503 if service.pool.state()["error"] else 200)
+
+    @app.get("/readyz", response_model=HealthOut, responses=health_responses)
+    async def readyz():
+        """Readiness: 503 also while shutting down (stop sending work here)."""
+        h = service.health()
+        return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus metrics"}})
+    def metrics():
+        """Prometheus metrics (text format)."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

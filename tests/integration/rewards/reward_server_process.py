@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,10 +12,15 @@ from pathlib import Path
 
 import httpx
 
-from learner.actor import free_port
-
 REPO = Path(__file__).resolve().parents[3]
 TOKEN = "test-token"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_server(*overrides: str) -> tuple[subprocess.Popen, int, int]:
