@@ -34,14 +34,13 @@ from typing import Any
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.trajectory import Group, Sample
+from rollout.weight_update import WeightUpdateError, check_version
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "rollout.weight_extension.WeightReloadExtension"
 
 
-class WeightUpdateError(ValueError):
-    """A weight update that was rejected; the engine keeps its previous weights and version."""
 
 
 @dataclass
@@ -129,10 +128,7 @@ def validate_update(version: int, current: int, weights: dict, expected: dict[st
     """Raise :class:`WeightUpdateError` for a stale version or a tensor that does not fit the model."""
     import torch
 
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise WeightUpdateError(f"weight version must be an int, got {type(version).__name__}")
-    if version <= current:
-        raise WeightUpdateError(f"stale weight update: version {version} <= current version {current}")
+    check_version(version, current)
     if not isinstance(weights, dict) or not weights:
         raise WeightUpdateError("weight update must be a non-empty dict name -> tensor")
     for name, t in weights.items():
@@ -449,8 +445,7 @@ class RolloutEngine:
         from safetensors import safe_open
 
         async with self._sync_lock:
-            if not isinstance(version, int) or version <= self.version:
-                raise WeightUpdateError(f"stale weight update: version {version} <= current version {self.version}")
+            check_version(version, self.version)
             for path in paths:
                 try:
                     with safe_open(path, framework="pt", device="cpu") as f:
@@ -634,8 +629,7 @@ class RolloutEngine:
 
     async def nccl_begin(self, version: int) -> None:
         """Pause (keep requests) and open a weight update; the learner then broadcasts."""
-        if version <= self.version:
-            raise WeightUpdateError(f"stale weight update: version {version} <= current version {self.version}")
+        check_version(version, self.version)
         await self._sync_lock.acquire()
         self._nccl_t0 = time.perf_counter()
         self._resumed.clear()

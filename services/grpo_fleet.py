@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rollout.weight_update import stale_cause
+
 log = logging.getLogger("flywheel.grpo")
 
 @dataclass
@@ -24,13 +26,17 @@ class _Rejoin:
     since: float
     """``time.monotonic()`` when the worker was found dead."""
     step: str = "health"
-    """``health`` (wait for a new incarnation), ``ready`` (engine start), ``load`` (weights), ``start``."""
+    """``health`` (wait for a new incarnation), ``settle`` (the publish it had in flight), ``ready``
+    (engine start), ``load`` (weights), ``start``."""
     ref: Any = None
     """The call in flight for ``step`` (None: a ``health`` retry is due at ``not_before``)."""
     not_before: float = 0.0
     version: int = 0
     """Weight version the worker holds (0 after a restart)."""
-    loading: int = 0
+    settle: tuple[int, Any] | None = None
+    """(version, ref) of a publish the worker had in flight when it was found dead. Ray may have run it
+    on the *new* incarnation (a call made after the restart, before the driver noticed the death), so its
+    outcome is awaited before deciding what the worker holds: no update is sent twice or skipped."""
     requeued: int = 0
     """Prompts leased to it that went back to the queue."""
     running: bool = False
@@ -123,11 +129,11 @@ class RolloutFleet:
         except Exception as e:  # RayActorError (died / restarting); anything else is just as fatal here
             err = f"{type(e).__name__}"
         del self._watch[i]
-        self.publish_refs.pop(i, None)
         self.state[i] = "rejoining"
         log.warning("rollout worker %s lost (%s); waiting for Ray to restart it", self.ids[i], err)
         requeued = self._requeue(i)
-        self._rejoin[i] = _Rejoin(since=time.monotonic(), ref=self.workers[i].health.remote(), requeued=requeued)
+        self._rejoin[i] = _Rejoin(since=time.monotonic(), ref=self.workers[i].health.remote(), requeued=requeued,
+                                  settle=self.publish_refs.pop(i, None))
 
     def _advance(self, i: int, r: _Rejoin) -> None:
         import ray
@@ -136,6 +142,9 @@ class RolloutFleet:
         try:
             out = ray.get(r.ref)
         except RayActorError as e:  # restarting (ActorUnavailableError) or gone (ActorDiedError)
+            if r.step == "settle":  # the publish went to the dead incarnation (or nobody knows): ready() tells
+                r.step, r.ref = "ready", self.workers[i].ready.remote()
+                return
             r.died += isinstance(e, ActorDiedError)
             if r.died >= 3 or time.monotonic() - r.since > self.REJOIN_TIMEOUT_S:
                 self._dead(i, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -145,8 +154,11 @@ class RolloutFleet:
             r.step, r.ref, r.not_before = "health", None, time.monotonic() + self.HEALTH_RETRY_S
             return
         except Exception as e:  # the engine failed to start, a weight load was refused, ...
-            self._dead(i, f"{type(e).__name__}: {e}")
-            return
+            stale = stale_cause(e)
+            if stale is None:
+                self._dead(i, f"{type(e).__name__}: {e}")
+                return
+            out = {"version": stale.current}  # it already holds this version (or a newer one): up to date
         w = self.workers[i]
         if r.step == "health":
             if out["incarnation"] != self.incarnation[i]:
@@ -155,13 +167,19 @@ class RolloutFleet:
                 log.warning("rollout worker %s restarted by Ray (pid %s) after %.1f s; starting its engine",
                             self.ids[i], out.get("pid"), time.monotonic() - r.since)
             r.version, r.running = int(out["version"]), bool(out["continuous"])
+            if r.settle is not None:
+                r.step, r.ref, r.settle = "settle", r.settle[1], None
+            else:
+                r.step, r.ref = "ready", w.ready.remote()
+            return
+        if r.step == "settle":  # whatever it did (maybe on the old incarnation), ready() now says what it holds
             r.step, r.ref = "ready", w.ready.remote()
             return
-        if r.step == "load":
-            r.version = r.loading
+        if r.step in ("ready", "load"):  # no other weight call of ours is in flight to it: this is exact
+            r.version = int(out["version"])
         r.running = r.running or r.step == "start"
         if self.weights is not None and self.version > r.version:  # current weights first
-            r.step, r.loading = "load", self.version
+            r.step = "load"
             r.ref = w.load_weights.remote(self.version, self.weights)
         elif self.continuous is not None and not r.running:
             r.step, r.ref = "start", w.start_continuous.remote(*self.continuous)
@@ -197,7 +215,7 @@ class RolloutFleet:
         self.wait_published()  # never pile updates up: the previous one must have landed
         self.version, self.weights = version, weights
         for i in self.up():
-            self.publish_refs[i] = self.workers[i].load_weights.remote(version, weights)
+            self.publish_refs[i] = (version, self.workers[i].load_weights.remote(version, weights))
         if wait:
             self.wait_published()
 
@@ -207,15 +225,20 @@ class RolloutFleet:
         from ray.exceptions import RayActorError
 
         while self.publish_refs:
-            refs = list(self.publish_refs.values())
+            refs = [ref for _, ref in self.publish_refs.values()]
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
-            for i, ref in list(self.publish_refs.items()):
+            for i, (version, ref) in list(self.publish_refs.items()):
                 if ref in done:
                     del self.publish_refs[i]
                     try:
                         ray.get(ref)
                     except RayActorError:
                         pass  # its watch fails too: poll() re-queues and rejoins it
+                    except Exception as e:
+                        if stale_cause(e) is None:
+                            raise
+                        log.warning("rollout worker %s already held weights v%d (%s)", self.ids[i], version,
+                                    stale_cause(e))
             self.poll()
 
     def start_continuous(self, source: Any, sink: Any, sampling: dict, max_in_flight: int) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import ray
 
+from rollout.weight_update import check_version
 from services.grpo_fleet import RolloutFleet
 
 DEADLINE_S = 60.0
@@ -71,7 +72,7 @@ class FakeWorker:
 
     async def load_weights(self, version: int, weights: dict) -> dict:
         await self._enter("load_weights", version, weights)
-        self.version = version
+        self.version = check_version(version, self.version)  # the engine's own check: a stale update is refused
         return {"version": version}
 
     async def start_continuous(self, source, sink, sampling: dict, max_in_flight: int) -> None:
@@ -234,6 +235,36 @@ def test_publish_while_rejoining_reaches_the_worker(make_fleet, held, loads):
     assert calls[-1][:2] == ("start_continuous", 4)  # generating only once the newest weights are in
     assert [r["version"] for r in fleet.recoveries] == [4]
     assert answers(workers[0])["version"] == 4
+
+
+def test_publish_that_reaches_the_restarted_incarnation_is_applied_once(make_fleet):
+    """The race behind "stale weight update: version 4 <= current version 4" ending a job: Ray restarted
+    the worker before the driver polled, so a publish made in between went to the *new* incarnation.
+    The fleet awaits that publish before it decides what the worker holds: v4 is applied once, the rejoin
+    sends no second copy, and the worker is up (it used to be declared dead on the refused duplicate)."""
+    fleet, workers, source, hold = make_fleet(max_restarts=1)
+    fleet.publish(3, ray.put({"w": 3.0}), wait=True)
+    start_generating(fleet, workers, source)
+    old = fleet.incarnation[0]
+
+    ray.kill(workers[0], no_restart=False)
+    wait_until("Ray restarted rollout-0 (the fleet has not polled yet)",
+               lambda: (answers(workers[0]) or {}).get("incarnation", old) != old)
+    assert fleet.state == ["up", "up"]
+    (hold / "rollout-0.load_weights").touch()  # the new incarnation holds the update it was just sent
+    fleet.publish(4, ray.put({"w": 4.0}), wait=False)
+    wait_until("the fleet waits for the publish it had in flight",
+               lambda: 0 in fleet._rejoin and fleet._rejoin[0].step == "settle", fleet)
+    (hold / "rollout-0.load_weights").unlink()
+    wait_until("rollout-0 is up again", lambda: fleet.state[0] == "up", fleet)
+
+    calls = [c for c in ray.get(workers[0].calls.remote()) if c[0] != "health"]
+    assert [c[1] for c in calls if c[0] == "load_weights"] == [4]  # once: not skipped, not sent twice
+    assert calls[-1][:2] == ("start_continuous", 4)
+    assert [(r["worker"], r["version"]) for r in fleet.recoveries] == [("rollout-0", 4)]
+    assert fleet.state == ["up", "up"] and answers(workers[0])["version"] == 4
+    fleet.wait_published()
+    assert answers(workers[1])["version"] == 4
 
 
 def test_worker_without_restarts_is_dropped_then_the_job_fails_naming_them(make_fleet):
