@@ -27,9 +27,13 @@ class VerifyConfig(BaseModel):
     last_number_fallback: bool = False
     """Take the last number in the completion when no marked answer is found (causes false positives)."""
     rel_tol: float = Field(1e-6, ge=0, le=0.1)
-    """Relative tolerance, used only when a side is an inexact float (e.g. ``1.41421`` vs ``\\sqrt{2}``)."""
+    """Relative precision of a decimal that stands for an irrational or non-terminating value:
+    ``6.283185`` matches ``2\\pi`` (|a-b| <= rel_tol*|b|), ``6.28`` does not. Nothing else gets a tolerance."""
     abs_tol: float = Field(0.0, ge=0, le=0.1)
-    """Absolute tolerance, combined with ``rel_tol`` for floats: ``|a-b| <= max(rel_tol*max(|a|,|b|), abs_tol)``."""
+    """Absolute tolerance for the same decimals: ``|a-b| <= max(rel_tol*|b|, abs_tol)``."""
+    accept_rounded_decimals: bool = False
+    """Also accept such a decimal when it is the value correctly rounded to its own digits, with at least
+    two (``0.33`` for ``1/3``, ``3.14`` for ``\\pi``): looser, and a policy can learn to exploit it."""
     max_completion_chars: int = Field(200_000, ge=100, le=10_000_000)
     """Completions longer than this get status ``error`` without being read."""
     max_answer_chars: int = Field(1_000, ge=10, le=100_000)

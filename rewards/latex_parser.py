@@ -205,9 +205,9 @@ class _Parser:
         while self.peek() is not None and self.peek()[1] in ("!", "'"):
             if self.take()[1] == "'":
                 raise ParseError("derivative marks are not values")
-            if not (e.is_Integer and 0 <= e <= 10 * self.cfg.max_exponent):
+            if e.is_number and not (e.is_Integer and 0 <= e <= 10 * self.cfg.max_exponent):
                 raise LimitExceeded(f"factorial argument is not an integer in [0, {10 * self.cfg.max_exponent}]")
-            e = sympy.factorial(e)
+            e = sympy.factorial(e)  # n! of a variable stays symbolic
         return e
 
     def _starts_atom(self, tok: tuple[str, str]) -> bool:
@@ -265,7 +265,8 @@ class _Parser:
                 return num / den
             if name == "binom":
                 n, k = self.group(), self.group()
-                if not (n.is_Integer and k.is_Integer and 0 <= n <= 10 * self.cfg.max_exponent):
+                if (n.is_number or k.is_number) and not (
+                        (n.is_Integer or n.free_symbols) and k.is_Integer and abs(n if n.is_number else k) <= 10 * self.cfg.max_exponent):
                     raise LimitExceeded("binomial arguments too large or not integers")
                 return sympy.binomial(n, k)
             if name == "sqrt":
@@ -299,8 +300,10 @@ class _Parser:
             power = self.group()
         if self.peek() is not None and self.peek()[1] in ("(", "{"):
             arg = self.atom()
-        else:
+        else:  # \\sin 2x is sin(2x): numbers and letters that follow belong to the argument
             arg = self.power()
+            while (tok := self.peek()) is not None and tok[0] in ("sym", "const", "num") and tok[1] != "e":
+                arg = arg * self.power()
         if name == "log":
             value = sympy.log(arg, base) if base is not None else sympy.log(arg)
         else:

@@ -1,29 +1,29 @@
 """``verify`` / ``verify_batch``: extraction, the in-process fast path, then the worker pool.
 
-In the calling process (no sympy, no subprocess): length caps, answer extraction, normalised string
-equality, exact rational arithmetic when both sides are plain numbers, multiple-choice letters.
+In the calling process (no sympy, no subprocess): length caps, answer extraction (in the mode of
+``VerifyConfig.extraction``), the gold's own answer (a worked solution's last box, GSM8K ``####``),
+normalised string equality, exact rational arithmetic when both sides are plain numbers,
+multiple-choice letters, case-insensitive text answers.
 Everything else goes to the worker pool (``rewards.worker_pool``) under a hard time limit.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 from rewards.config import VerifyConfig
-from rewards.extract import find_answer
-from rewards.normalize import decimal_places, normalize, parse_rational
+from rewards.extract import find_answer, gold_answer
+from rewards.normalize import choice_letter, decimal_places, normalize, parse_rational, text_answer
 from rewards.worker_pool import shared_pool
 
-VERIFIER_VERSION = "flywheel-verifier-1"
+VERIFIER_VERSION = "flywheel-verifier-2"
 """Bumped whenever a verdict could change; part of the service's cache key."""
 
 STATUSES = ("correct", "wrong", "no_answer", "unparsable_gold", "timeout", "error")
-_CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Verdict:
     """The answer found in the completion."""
     reason: str
     source: str = "none"
-    """Where the answer was found: ``boxed`` | ``final_answer`` | ``gsm8k`` | ``answer_line`` | ``last_number`` | ``none``."""
+    """Where the answer was found: ``boxed`` | ``final_answer`` | ``gsm8k`` | ``answer_line`` | ``math`` |
+    ``last_number`` | ``answer`` | ``none``."""
     latency_ms: float = 0.0
 
     def to_dict(self) -> dict:
@@ -43,14 +44,15 @@ class Verdict:
 
 
 def _fast_path(gold: str, pred: str, cfg: VerifyConfig) -> tuple[bool, str] | None:
-    """A verdict without sympy when both sides are plain numbers (or letters); None = not decided."""
+    """A verdict without sympy when both sides are plain numbers, letters or text; None = not decided."""
     g_norm, p_norm = normalize(gold), normalize(pred)
     if g_norm == p_norm:
         return True, "same normalised string"
-    if (gm := _CHOICE.match(g_norm)) and len(g_norm) <= 3:
-        pm = _CHOICE.match(p_norm)
-        if pm is not None:
-            return gm.group(1) == pm.group(1), "choice letters"
+    if (letter := choice_letter(g_norm)) is not None:
+        p_letter = choice_letter(p_norm, any_case=True)
+        return letter == p_letter, "choice letters" if p_letter else "gold is a choice letter, answer is not"
+    if (text := text_answer(g_norm)) is not None and text == text_answer(p_norm):
+        return True, "same text answer"
     g = parse_rational(gold, cfg.max_exponent)
     if g is None:
         return None
@@ -65,10 +67,14 @@ def _fast_path(gold: str, pred: str, cfg: VerifyConfig) -> tuple[bool, str] | No
         candidates.add(pv * 100)
     if gv in candidates:
         return True, "equal rationals"
-    places = decimal_places(pred)
-    if places is not None and places >= 2 and decimal_places(gold) is None and not _terminating(gv):
-        if abs(gv - pv) <= Fraction(1, 2) / 10 ** places:
-            return True, "rounded decimal of the gold rational"
+    g_places, p_places = decimal_places(gold), decimal_places(pred)
+    if (g_places is None) != (p_places is None):  # one side a decimal, the other an exact fraction
+        approx, exact, places = (pv, gv, p_places) if p_places is not None else (gv, pv, g_places)
+        if not _terminating(exact):
+            if abs(exact - approx) <= max(Fraction(cfg.rel_tol) * abs(exact), Fraction(cfg.abs_tol)):
+                return True, f"decimal within rel_tol={cfg.rel_tol:g} of a non-terminating rational"
+            if cfg.accept_rounded_decimals and places >= 2 and abs(exact - approx) <= Fraction(1, 2) / 10 ** places:
+                return True, "rounded decimal of a non-terminating rational"
     return False, "different rationals"
 
 
@@ -104,12 +110,14 @@ def verify_batch(items: Iterable[object], config: VerifyConfig | None = None) ->
                                     f"completion of {len(completion)} chars exceeds max_completion_chars="
                                     f"{cfg.max_completion_chars}"))
             continue
-        if not gold.strip() or len(gold) > cfg.max_answer_chars:
+        if len(gold) <= cfg.max_completion_chars:
+            gold = gold_answer(gold)
+        if not gold or len(gold) > cfg.max_answer_chars:
             verdicts.append(Verdict(False, "unparsable_gold", None,
-                                    "gold answer is empty" if not gold.strip() else
+                                    "gold answer is empty" if not gold else
                                     f"gold answer longer than max_answer_chars={cfg.max_answer_chars}"))
             continue
-        found = find_answer(completion, cfg.last_number_fallback)
+        found = find_answer(completion, cfg.last_number_fallback, cfg.extraction)
         if found.answer is None:
             verdicts.append(Verdict(False, "no_answer", None, "no final answer found", found.source))
             continue
