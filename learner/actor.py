@@ -4,20 +4,22 @@
 ``world_size`` of them as Ray actors, wires their process group (gloo over an explicit CPU mesh on CPU,
 NCCL on GPU) and fans every call out to all ranks.
 
-Per rank: ``AutoModelForCausalLM`` from a checkpoint folder, ``fully_shard`` on every decoder block and
-the root (bf16 ``MixedPrecisionPolicy`` with fp32 reduction on GPU), optional activation checkpointing,
-AdamW with linear LR warmup, gradient accumulation over micro-batches with loss denominators taken over
-the whole optimizer step (so N ranks x M micro-batches give the one-big-batch update), global gradient
-norm clipping.
+Per rank: ``AutoModelForCausalLM`` from a checkpoint folder, sharded by ``pretraining.distributed``
+(``fully_shard`` on every decoder block and the root, bf16 ``MixedPrecisionPolicy`` with fp32 reduction
+on GPU), activation checkpointing (by default from a model size on), AdamW with linear LR warmup,
+padding-free micro-batches (by sequence count or token budget, ``learner.batching``), log-probs chunked
+over the vocabulary at completion positions only (``learner.logprobs``), gradient accumulation with loss
+denominators taken over the whole optimizer step (``learner.update``: N ranks x M micro-batches give
+the one-big-batch update), global gradient norm clipping.
 
 The policy version counts the ``train_step`` calls that changed the weights (plus the starting
 version), not optimizer steps: the job publishes ``full_state_dict()`` under ``metrics["version"]``
 once per ``train_step``, and staleness (``loss.max_staleness``) is measured in published policies, so a
 batch cut into several optimizer steps (PPO mini-batches) does not make in-flight samples look older.
 
-Checkpoints (``save_checkpoint``): an HF folder (``model.safetensors`` + config + tokenizer files, so
-vLLM and transformers load it unchanged) plus ``optimizer.pt`` (full optimizer state, loaded with
-``weights_only=True``), ``trainer_state.json`` (step, version, scheduler, loss config) and
+Checkpoints (``save_checkpoint``): an HF folder (``pretraining.checkpoint.write_hf_folder``:
+``model.safetensors`` + config + tokenizer files, so vLLM and transformers load it unchanged) plus
+``optimizer.pt`` (full optimizer state by parameter name, loaded with ``weights_only=True``), ``trainer_state.json`` (step, version, scheduler, loss config) and
 ``extra.msgpack`` (caller state such as stage, data position and unconsumed experience). Full (not
 sharded) state keeps the folder independent of the world size; every rank reads it on load, so a
 multi-node learner needs the folder on shared storage.
@@ -38,39 +40,6 @@ from typing import Any
 from learner.config import LearnerConfig, LossConfig
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack")
-WEIGHT_NAMES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "config.json",
-                "trainer_state.json", "generation_config.json"}
-
-
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
-    """Copy the non-weight, non-config files of an HF folder (tokenizer, chat template, ...)."""
-    src, dst = Path(src), Path(dst)
-    copied = []
-    for f in sorted(src.iterdir()):
-        if f.is_file() and f.name not in WEIGHT_NAMES and not f.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(f, dst / f.name)
-            copied.append(f.name)
-    return copied
-
-
-def write_hf_folder(state: dict, model_config, source: str | Path, out: str | Path) -> None:
-    """Write ``state`` (full, CPU) as an HF folder: model.safetensors, config.json, tokenizer files."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tied = bool(getattr(model_config, "tie_word_embeddings", False))
-    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()
-               if not (tied and k == "lm_head.weight")}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    model_config.save_pretrained(str(out))
-    gen = Path(source) / "generation_config.json"
-    if gen.is_file():
-        shutil.copy2(gen, out / gen.name)
-    copy_tokenizer_files(source, out)
-
 
 def lr_scaled_groups(named_parameters, scales: dict[str, float], lr: float) -> list[dict]:
     """Optimizer parameter groups: one at ``lr`` plus one per ``scales`` pattern at ``lr * factor``.
@@ -94,28 +63,6 @@ def lr_scaled_groups(named_parameters, scales: dict[str, float], lr: float) -> l
     out = [{"params": rest, "lr": lr, "lr_scale": 1.0}] if rest else []
     return out + [{"params": params, "lr": lr * scales[pat], "lr_scale": float(scales[pat])}
                   for pat, params in groups.items()]
-
-
-def read_hf_weights(folder: str | Path) -> dict:
-    """All tensors of an HF folder's safetensors files (single file or sharded)."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {folder}")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
-
-
-def decoder_blocks(model) -> list:
-    """The modules to shard one by one: HF's ``_no_split_modules`` classes (the decoder layers)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise ValueError(f"{type(model).__name__}: found no decoder blocks to shard (_no_split_modules={names})")
-    return blocks
 
 
 def free_port() -> int:
@@ -189,29 +136,30 @@ class LearnerWorker:
             raise FileNotFoundError(f"learner rank {self.rank}: checkpoint {path!r} has no config.json "
                                     f"(not an HF folder, or not visible on this node)")
         import torch
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM
 
         from pretraining.checkpoint import check_weights
+        from pretraining.distributed import shard_blocks
 
         check_weights(path)  # transformers would re-initialise a missing tensor at random, silently
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.config.use_cache = False
-        if trainable and self.cfg.activation_checkpointing:
+        if trainable and self._activation_checkpointing(model):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        mp = MixedPrecisionPolicy()
-        if self.cfg.device == "cuda" and self.cfg.mixed_precision:
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for block in decoder_blocks(model):
-            fully_shard(block, mesh=self.mesh, mp_policy=mp)
-        fully_shard(model, mesh=self.mesh, mp_policy=mp)
+        shard_blocks(model, self.mesh, bf16=self.cfg.device == "cuda" and self.cfg.mixed_precision)
         if trainable:
             model.train()
         else:
             model.eval()
             model.requires_grad_(False)
         return model
+
+    def _activation_checkpointing(self, model) -> bool:
+        setting = self.cfg.activation_checkpointing
+        if setting == "auto":
+            return sum(p.numel() for p in model.parameters()) >= self.cfg.activation_checkpointing_min_params
+        return bool(setting)
 
     def set_loss_config(self, loss: dict | LossConfig) -> None:
         """Stage overrides of the objective (clip, aggregation, KL, ...)."""
@@ -229,22 +177,13 @@ class LearnerWorker:
         self.scheduler.base_lrs = new_bases
 
     # ---- training ---------------------------------------------------------------------------------
-    def _token_logprobs(self, model, batch: dict, with_entropy: bool):
-        from learner.losses import token_entropy, token_logprobs
+    def _logprobs(self, model, batch: dict, entropy_grad: bool = False):
+        """Completion-token log-probs and entropies ``(sequences, tokens)`` of ``model`` at the rollout
+        temperature (the distribution the engine sampled from), chunked over the vocabulary."""
+        from learner.logprobs import completion_logprobs
 
-        ids = batch["input_ids"].to(self.device)
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(self.device)).logits[:, :-1]
-        if self.loss_cfg.temperature != 1.0:  # the distribution the rollout engine sampled from
-            logits = logits / self.loss_cfg.temperature
-        logp = token_logprobs(logits, batch["targets"].to(self.device))
-        if with_entropy:
-            ent = token_entropy(logits)
-        else:
-            import torch
-
-            with torch.no_grad():
-                ent = token_entropy(logits.detach())
-        return logp, ent
+        return completion_logprobs(model, batch, temperature=self.loss_cfg.temperature,
+                                   chunk_mib=self.cfg.logits_chunk_mib, entropy_grad=entropy_grad)
 
     def _all_reduce(self, t):
         """Sum a small CPU tensor over ranks (through the device: NCCL reduces CUDA tensors only)."""
@@ -259,46 +198,29 @@ class LearnerWorker:
         import torch
 
         from learner.batching import collate, sequences_from_groups, shard_steps
-        from learner.losses import Normalizer, grpo_loss
+        from learner.update import StepTotals, micro_batch_backward, on_device, step_denominators
 
         t0 = time.perf_counter()
-        lc = self.loss_cfg
-        seqs, stats = sequences_from_groups(groups, lc, self.version)
-        steps = shard_steps(seqs, self.cfg.micro_batch_size, self.cfg.grad_accumulation, self.world_size)
+        seqs, stats = sequences_from_groups(groups, self.loss_cfg, self.version)
         if not seqs:
             return {"skipped": True, "optimizer_steps": 0, "version": self.version, "step": self.step,
                     **stats.as_metrics()}
-        all_batches = [[collate(m, self.pad_id) for m in step[self.rank]] for step in steps]
+        steps = shard_steps(seqs, self.cfg.micro_batch_size, self.cfg.grad_accumulation, self.world_size,
+                            max_tokens=self.cfg.max_tokens_per_micro_batch)
+        all_batches = [[collate(m, self.pad_id, packed=self.cfg.pack_sequences) for m in step[self.rank]]
+                       for step in steps]
         if len(steps) > 1:  # several optimizer steps on one batch: pi_old = the weights before the first
             with torch.no_grad():
-                for batches in all_batches:
-                    for b in batches:
-                        b["old_logprobs"] = self._token_logprobs(self.model, b, with_entropy=False)[0].cpu()
-        sums = torch.zeros(9, dtype=torch.float64)
-        grad_norms, lrs = [], []
+                for b in (b for batches in all_batches for b in batches):
+                    b["old_logprobs"] = self._logprobs(self.model, on_device(b, self.device))[0].cpu()
+        totals, grad_norms, lrs = StepTotals(), [], []
         for step, batches in zip(steps, all_batches):
-            counts = torch.tensor([sum(float((b["loss_mask"] > 0).sum()) for b in batches),
-                                   sum(float((b["loss_mask"] > 0).any(-1).sum()) for b in batches),
-                                   sum(float(b["attention_mask"].sum()) if len(m) else 0.0
-                                       for b, m in zip(batches, step[self.rank]))], dtype=torch.float64)
-            counts = self._all_reduce(counts)
-            norm = Normalizer(tokens=float(counts[0]), sequences=float(counts[1]))
-            for b in batches:
-                logp, ent = self._token_logprobs(self.model, b, with_entropy=lc.entropy_coef != 0)
-                old_lp = b["old_logprobs"].to(self.device) if "old_logprobs" in b else logp.detach()
-                ref = None
-                if self.ref_model is not None:
-                    with torch.no_grad():
-                        ref, _ = self._token_logprobs(self.ref_model, b, with_entropy=False)
-                mask = b["loss_mask"].to(self.device)
-                parts = grpo_loss(lc, logp, old_lp, b["behaviour_logprobs"].to(self.device),
-                                  b["advantages"].to(self.device), mask, norm, ref_logprobs=ref, entropy=ent)
-                (parts.loss * self.world_size).backward()  # FSDP averages gradients over ranks
-                sums += torch.tensor([float(parts.loss.detach()), float(parts.policy), float(parts.kl),
-                                      float(parts.entropy), float(parts.clip_fraction), float(parts.tis_mean),
-                                      float(parts.ratio_mean), 0.0, 0.0], dtype=torch.float64)
-            sums[7] += counts[0] / self.world_size  # all-reduced below, so divide here
-            sums[8] += counts[2] / self.world_size
+            norm = step_denominators(batches, self._all_reduce)
+            for b, seqs_in_b in zip(batches, step[self.rank]):
+                b = on_device(b, self.device)
+                parts = micro_batch_backward(self.model, self.ref_model, b, self.loss_cfg, norm, self._logprobs,
+                                             grad_scale=self.world_size)  # FSDP averages gradients over ranks
+                totals.add(parts, b, real=bool(seqs_in_b))
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                 max_norm=self.cfg.grad_clip or float("inf"))
             gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
@@ -309,18 +231,12 @@ class LearnerWorker:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
         self.version += 1
-        sums = self._all_reduce(sums)
-        tok = max(float(sums[7]), 1.0)
+        totals = totals.all_reduced(self._all_reduce)
         elapsed = time.perf_counter() - t0
-        return {
-            "loss": float(sums[0]) / len(steps), "policy_loss": float(sums[1]) / tok, "kl": float(sums[2]) / tok,
-            "entropy": float(sums[3]) / tok, "clip_fraction": float(sums[4]) / tok,
-            "tis_weight_mean": float(sums[5]) / tok, "ratio_mean": float(sums[6]) / tok,
-            "grad_norm": sum(grad_norms) / len(grad_norms), "lr": lrs[-1], "optimizer_steps": len(steps),
-            "loss_tokens": int(sums[7]), "train_tokens": int(sums[8]),
-            "train_tokens_per_s": float(sums[8]) / elapsed, "train_step_s": elapsed,
-            "step": self.step, "version": self.version, "skipped": False, **stats.as_metrics(),
-        }
+        return {**totals.metrics(len(steps)), "grad_norm": sum(grad_norms) / len(grad_norms), "lr": lrs[-1],
+                "optimizer_steps": len(steps), "train_tokens_per_s": totals.train_tokens / elapsed,
+                "train_step_s": elapsed, "step": self.step, "version": self.version, "skipped": False,
+                **stats.as_metrics()}
 
     # ---- weights and checkpoints ------------------------------------------------------------------
     def full_state_dict(self, dtype: str | None = None, drop_tied: bool = False) -> dict:
@@ -331,13 +247,15 @@ class LearnerWorker:
         engine (vLLM) has no such parameter to load, the embedding is the same tensor.
         """
         import torch
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        from pretraining.checkpoint import drop_tied_head
+        from pretraining.distributed import full_state_dict
+
+        sd = full_state_dict(self.model)
         if self.rank != 0:
             return {}
-        if drop_tied and getattr(self.model.config, "tie_word_embeddings", False):
-            sd.pop("lm_head.weight", None)
+        if drop_tied:
+            sd = drop_tied_head(sd, self.model.config)
         if dtype is not None:
             dt = getattr(torch, dtype)
             sd = {k: v.to(dt) if v.is_floating_point() else v for k, v in sd.items()}
@@ -351,11 +269,12 @@ class LearnerWorker:
         import msgpack
         import torch
         import torch.distributed as dist
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        from pretraining.checkpoint import write_hf_folder
+        from pretraining.distributed import full_optimizer_state
+
         model_sd = self.full_state_dict()
-        optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=full)
+        optim_sd = full_optimizer_state(self.model, self.optimizer)
         final = Path(directory)
         if self.rank == 0:
             tmp = final.with_name(final.name + ".tmp")
@@ -378,22 +297,16 @@ class LearnerWorker:
         import msgpack
         import torch
         import torch.distributed as dist
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+
+        from pretraining.checkpoint import read_hf_weights
+        from pretraining.distributed import load_full_state
 
         d = Path(directory)
         for name in ("model.safetensors", "optimizer.pt", "trainer_state.json", "extra.msgpack"):
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d} is not a learner checkpoint: {name} is missing")
-        model_sd = read_hf_weights(d)
-        if getattr(self.model.config, "tie_word_embeddings", False) and "lm_head.weight" not in model_sd:
-            emb = [k for k in model_sd if k.endswith("embed_tokens.weight")]
-            if emb:
-                model_sd["lm_head.weight"] = model_sd[emb[0]]
-        full = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, model_sd, options=full)
         optim_sd = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
-        set_optimizer_state_dict(self.model, self.optimizer, optim_sd, options=full)
+        load_full_state(self.model, self.optimizer, read_hf_weights(d), optim_sd)
         state = json.loads((d / "trainer_state.json").read_text())
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.version = int(state["step"]), int(state["version"])
@@ -403,6 +316,8 @@ class LearnerWorker:
     def export_hf(self, directory: str, dtype: str | None = None) -> str:
         """An HF folder (weights, config, tokenizer files from the source checkpoint) for vLLM/transformers."""
         import torch.distributed as dist
+
+        from pretraining.checkpoint import write_hf_folder
 
         sd = self.full_state_dict(dtype)
         if self.rank == 0:
@@ -465,10 +380,17 @@ class Learner:
         return self._all("train_step", ray.put(groups))[0]
 
     def publish_weights(self, dtype: str | None = None):
-        """Gather the full state dict and leave it in the Ray object store: returns rank 0's ObjectRef
-        (pass it to each rollout worker's ``load_weights(version, ref)``) without copying it here. A
-        tied ``lm_head.weight`` is left out (the engine loads the embedding once)."""
-        return self._gather(dtype, drop_tied=True)
+        """The current weights as one :class:`rollout.weight_update.WeightUpdate`: the learner's version
+        and the full state dict left in the Ray object store (rank 0's ObjectRef, not copied here; each
+        rollout worker fetches it in ``load_weights(update)``). A tied ``lm_head.weight`` is left out (the
+        engine loads the embedding once)."""
+        import ray
+
+        from rollout.weight_update import WeightUpdate
+
+        ref = self._gather(dtype, drop_tied=True)
+        version = int(ray.get(self.workers[0].state.remote())["version"])  # the weights just gathered are it
+        return WeightUpdate(version, tensors=ref)
 
     def full_state_dict(self, dtype: str | None = None) -> dict:
         """The full model state (CPU tensors, HF parameter names) fetched into this process."""

@@ -1,4 +1,4 @@
-"""Batch shaping: from rollout ``Group``s to padded micro-batches of tensors.
+"""Batch shaping: from rollout ``Group``s to packed (or padded) micro-batches of tensors.
 
 - ``dynamic_sampling``: drop groups whose rewards are all equal (zero advantage, no signal; DAPO); the
   job keeps pulling from the experience stream until the batch is full.
@@ -6,11 +6,12 @@
   learner is dropped, or its too-old tokens are down-weighted (per-token versions are in the record).
 - ``sequences_from_groups``: group advantages (computed on the whole group, before any sample is
   dropped) and one ``TrainSequence`` per kept sample.
-- ``collate``: right-padded tensors aligned with the shifted logits (position j predicts token j+1):
-  input ids, attention mask, loss mask (completion tokens, with stale-token weights), behaviour
-  log-probs, per-token versions, per-sequence advantages.
+- ``collate``: one micro-batch as tensors: a padding-free packed row (positions restart per sequence)
+  or right-padded rows, plus per-completion-token tensors (loss mask with stale-token weights,
+  behaviour log-probs, versions) and per-sequence advantages.
 - ``shard_steps``: split the sequences of one ``train_step`` into optimizer steps, ranks and
-  micro-batches so that every rank runs the same number of forward/backward passes.
+  micro-batches (by sequence count or by a token budget) so that every rank runs the same number of
+  forward/backward passes.
 
 Groups arrive as dicts (``Group.to_dict()``) or ``Group`` objects.
 """
@@ -110,59 +111,97 @@ def sequences_from_groups(groups: list, cfg: LossConfig, current_version: int) -
     return out, stats
 
 
-def collate(seqs: list[TrainSequence], pad_id: int = 0) -> dict[str, Any]:
-    """Right-padded tensors for one micro-batch; per-token tensors are aligned with ``logits[:, :-1]``.
+def collate(seqs: list[TrainSequence], pad_id: int = 0, packed: bool = True) -> dict[str, Any]:
+    """Tensors of one micro-batch: the model inputs, and per-token tensors over completion tokens only.
 
-    Keys: ``input_ids``, ``attention_mask`` (B, T); ``targets``, ``loss_mask``, ``behaviour_logprobs``,
-    ``versions`` (B, T-1); ``advantages`` (B,). An empty list gives a one-token dummy batch whose mask is
-    all zero (a rank with no data still joins the FSDP collectives).
+    Model inputs: ``packed`` (padding-free) puts every sequence into one row, ``input_ids`` and
+    ``position_ids`` ``(1, total tokens)`` with positions restarting at 0 per sequence (transformers then
+    keeps attention inside each sequence); otherwise right-padded rows ``input_ids`` and
+    ``attention_mask`` ``(B, T)``. ``positions`` (N,) indexes the flattened rows at the position that
+    predicts each completion token (position j predicts token j+1), ``targets`` (N,) are those tokens.
+
+    Per-token tensors are laid out ``(B, C)``, one row per sequence, C = its longest completion:
+    ``completion_mask`` (bool), ``loss_mask`` (token weights, stale-token weights included),
+    ``behaviour_logprobs``, ``versions`` (-1 off the completion); ``advantages`` is ``(B,)`` and
+    ``n_tokens`` the real (non-padding) token count. An empty list gives a one-token dummy whose mask
+    is all zero (a rank with no data still joins the FSDP collectives).
     """
     import torch
 
     if not seqs:
         seqs = [TrainSequence([pad_id], [pad_id], [0.0], [0], 0.0, [0.0])]
+    B, C = len(seqs), max(len(s.completion_ids) for s in seqs)
     T = max(len(s) for s in seqs)
-    B = len(seqs)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, T), dtype=torch.long)
-    loss_mask = torch.zeros((B, T - 1), dtype=torch.float32)
-    behaviour = torch.zeros((B, T - 1), dtype=torch.float32)
-    versions = torch.full((B, T - 1), -1, dtype=torch.long)
-    advantages = torch.tensor([s.advantage for s in seqs], dtype=torch.float32)
+    completion_mask = torch.zeros((B, C), dtype=torch.bool)
+    loss_mask = torch.zeros((B, C), dtype=torch.float32)
+    behaviour = torch.zeros((B, C), dtype=torch.float32)
+    versions = torch.full((B, C), -1, dtype=torch.long)
+    ids, pos, positions, targets = [], [], [], []
     for i, s in enumerate(seqs):
-        ids = s.prompt_ids + s.completion_ids
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
         p, c = len(s.prompt_ids), len(s.completion_ids)
         if p == 0:
             raise ValueError(f"group {s.group_id!r}: empty prompt; the first completion token has no context")
-        sl = slice(p - 1, p - 1 + c)  # shifted position p-1+k predicts completion token k
-        loss_mask[i, sl] = torch.tensor(s.token_weights, dtype=torch.float32)
-        behaviour[i, sl] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
-        versions[i, sl] = torch.tensor(s.versions, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": input_ids[:, 1:].clone(),
-            "loss_mask": loss_mask, "behaviour_logprobs": behaviour, "versions": versions,
-            "advantages": advantages}
+        start = len(ids) if packed else i * T
+        seq_ids = s.prompt_ids + s.completion_ids
+        ids += seq_ids if packed else seq_ids + [pad_id] * (T - len(seq_ids))
+        pos += list(range(len(seq_ids)))
+        positions += range(start + p - 1, start + p - 1 + c)
+        targets += s.completion_ids
+        completion_mask[i, :c] = True
+        loss_mask[i, :c] = torch.tensor(s.token_weights, dtype=torch.float32)
+        behaviour[i, :c] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
+        versions[i, :c] = torch.tensor(s.versions, dtype=torch.long)
+    out = {"positions": torch.tensor(positions, dtype=torch.long), "targets": torch.tensor(targets, dtype=torch.long),
+           "completion_mask": completion_mask, "loss_mask": loss_mask, "behaviour_logprobs": behaviour,
+           "versions": versions, "advantages": torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
+           "n_tokens": sum(len(s) for s in seqs)}
+    if packed:
+        out["input_ids"] = torch.tensor([ids], dtype=torch.long)
+        out["position_ids"] = torch.tensor([pos], dtype=torch.long)
+    else:
+        out["input_ids"] = torch.tensor(ids, dtype=torch.long).view(B, T)
+        out["attention_mask"] = (torch.arange(T)[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+    return out
+
+
+def token_budget_micro_batches(seqs: list, max_tokens: int) -> list[list]:
+    """Cut sequences into micro-batches of at most ``max_tokens`` tokens each (first-fit decreasing; a
+    sequence longer than the budget gets a micro-batch of its own)."""
+    bins: list[list] = []
+    room: list[int] = []
+    for s in sorted(seqs, key=len, reverse=True):
+        b = next((i for i, r in enumerate(room) if r >= len(s)), None)
+        if b is None:
+            bins.append([])
+            room.append(max_tokens)
+            b = len(bins) - 1
+        bins[b].append(s)
+        room[b] -= len(s)
+    return bins[::-1]  # shortest micro-batches first, as the count split does
 
 
 def shard_steps(seqs: list, micro_batch_size: int, grad_accumulation: int, world_size: int,
-                sort_by_length: bool = True) -> list[list[list[list[TrainSequence]]]]:
+                sort_by_length: bool = True, max_tokens: int | None = None) -> list[list[list[list[TrainSequence]]]]:
     """Split sequences into ``steps[step][rank][micro]`` lists of sequences.
 
     One optimizer step takes ``micro_batch_size * grad_accumulation * world_size`` sequences (the last
-    step takes the rest); inside a step sequence i goes to rank i % world_size, and each rank's share
-    is sorted by length before it is cut into micro-batches (less padding; the loss denominators are
-    step-wide, so the order does not change the update). Every rank of a step gets the same number of
-    micro-batches (possibly empty ones) because each forward pass is a collective under FSDP.
+    step takes the rest); inside a step sequence i goes to rank i % world_size. Each rank's share is
+    then cut into micro-batches of ``micro_batch_size`` sequences after sorting by length (less
+    padding), or, with ``max_tokens``, into micro-batches of at most that many tokens. The loss
+    denominators are step-wide, so neither cut changes the update. Every rank of a step gets the same
+    number of micro-batches (possibly empty ones) because each forward pass is a collective under FSDP.
     """
     per_step = micro_batch_size * grad_accumulation * world_size
     steps = []
     for start in range(0, len(seqs), per_step):
         chunk = seqs[start:start + per_step]
         per_rank = [chunk[r::world_size] for r in range(world_size)]
-        if sort_by_length:
-            per_rank = [sorted(p, key=len) for p in per_rank]
-        n_micro = max(1, max(-(-len(p) // micro_batch_size) for p in per_rank))
-        steps.append([[p[m * micro_batch_size:(m + 1) * micro_batch_size] for m in range(n_micro)]
-                      for p in per_rank])
+        if max_tokens is not None:
+            micro = [token_budget_micro_batches(p, max_tokens) for p in per_rank]
+        else:
+            if sort_by_length:
+                per_rank = [sorted(p, key=len) for p in per_rank]
+            micro = [[p[m:m + micro_batch_size] for m in range(0, len(p), micro_batch_size)] for p in per_rank]
+        n_micro = max(1, max(len(m) for m in micro))
+        steps.append([m + [[] for _ in range(n_micro - len(m))] for m in micro])
     return steps

@@ -80,13 +80,27 @@ class LearnerConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0.0)
     """Clip the global gradient norm to this value; ``None`` = no clipping (the norm is still reported)."""
     micro_batch_size: int = Field(8, ge=1)
-    """Sequences per forward/backward pass on each rank."""
+    """Sequences per forward/backward pass on each rank (unless ``max_tokens_per_micro_batch`` is set)."""
     grad_accumulation: int = Field(8, ge=1)
     """Micro-batches per rank per optimizer step: one optimizer step consumes
     micro_batch_size * grad_accumulation * world_size sequences; a bigger ``train_step`` batch makes
     several optimizer steps (PPO mini-batches)."""
-    activation_checkpointing: bool = False
-    """Recompute each decoder block's activations in the backward pass (less memory, ~1/3 more compute)."""
+    activation_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each decoder block's activations in the backward pass (less memory, ~1/3 more compute);
+    ``auto`` = on for models of at least ``activation_checkpointing_min_params`` parameters."""
+    activation_checkpointing_min_params: int = Field(100_000_000, ge=0)
+    """Model size (parameters) from which ``activation_checkpointing: auto`` turns it on."""
+    pack_sequences: bool = True
+    """Padding-free micro-batches: a micro-batch's sequences go into one row, positions restarting at 0
+    per sequence and attention kept inside each sequence; off = right-padded rows (one per sequence)."""
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """Cut each rank's share of an optimizer step into micro-batches of at most this many tokens (prompt
+    + completion; a longer sequence gets a micro-batch of its own) instead of ``micro_batch_size``
+    sequences. The step's size and the loss denominators do not change."""
+    logits_chunk_mib: float = Field(256.0, gt=0.0)
+    """Log-probs and entropy are computed from the hidden states a chunk of positions at a time, with
+    this much float32 logits per chunk (recomputed in the backward pass): memory of the loss path no
+    longer grows with tokens x vocabulary."""
     mixed_precision: bool = True
     """bf16 parameters/compute with fp32 gradient reduction on ``cuda``; ignored on ``cpu`` (always fp32)."""
     seed: int = Field(0, ge=0)

@@ -2,7 +2,9 @@
 
 A model checkpoint is a folder with ``config.json``, ``generation_config.json``, ``model.safetensors`` and
 the tokenizer files (``tokenizer.json``, ``tokenizer_config.json`` with the chat template); transformers
-(``AutoModelForCausalLM``) and vLLM (``LLM(model=path)``) load it unchanged.
+(``AutoModelForCausalLM``) and vLLM (``LLM(model=path)``) load it unchanged. ``save_checkpoint`` writes
+one from a model, ``write_hf_folder`` from a full state dict (what FSDP gathers), ``read_hf_weights``
+reads the tensors back; a tied ``lm_head.weight`` is stored once, under the embedding's name.
 
 Training state (``training_state.pt`` beside the model files: optimizer, scheduler, RNG streams, data
 position, step) makes a run resume exactly; it holds only tensors and plain containers and is loaded
@@ -41,11 +43,83 @@ def save_checkpoint(model, tokenizer, path: str | Path, meta: dict[str, Any] | N
 
         save_tokenizer(tokenizer, path)
         eos = [tokenizer.eos_token_id] + ([tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else [])
+        kept = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # e.g. Llama-3's <|eot_id|>
+        eos += [i for i in (kept if isinstance(kept, list) else [kept]) if i is not None and i not in eos]
         GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=model.config.bos_token_id).save_pretrained(str(path))
     if meta is not None:
         (path / FLYWHEEL_META).write_text(json.dumps(meta, indent=2, default=str))
     return path
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack")
+MODEL_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "config.json", "trainer_state.json",
+               "generation_config.json"}
+
+
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the files of an HF folder that are neither weights nor configs (tokenizer, chat template, ...)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name not in MODEL_FILES and not f.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(f, dst / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def has_tied_head(config) -> bool:
+    """The model's ``lm_head.weight`` is its input embedding (one tensor under two names)."""
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
+def fill_tied_head(state: dict, config) -> dict:
+    """``state`` with ``lm_head.weight`` set from the embeddings when the head is tied and absent (HF
+    files store a tied tensor once)."""
+    if has_tied_head(config) and "lm_head.weight" not in state:
+        emb = [k for k in state if k.endswith("embed_tokens.weight")]
+        if emb:
+            state = {**state, "lm_head.weight": state[emb[0]]}
+    return state
+
+
+def drop_tied_head(state: dict, config) -> dict:
+    """``state`` without a tied ``lm_head.weight`` (what HF files and inference engines expect)."""
+    return {k: v for k, v in state.items() if not (has_tied_head(config) and k == "lm_head.weight")}
+
+
+def write_hf_folder(state: dict, model_config, source: str | Path, out: str | Path) -> Path:
+    """Write a full CPU ``state`` dict as an HF folder: ``model.safetensors``, ``config.json``, and the
+    generation config and tokenizer files of the ``source`` folder."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in drop_tied_head(state, model_config).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model_config.save_pretrained(str(out))
+    gen = Path(source) / "generation_config.json"
+    if gen.is_file():
+        shutil.copy2(gen, out / gen.name)
+    copy_tokenizer_files(source, out)
+    return out
+
+
+def read_hf_weights(folder: str | Path) -> dict:
+    """All tensors of an HF folder's safetensors files (one file or shards), on the CPU."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
 
 
 class CheckpointError(ValueError):

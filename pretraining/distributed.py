@@ -66,20 +66,34 @@ def init_distributed(cfg: DistributedConfig) -> Dist | None:
     return Dist(rank, world, device, mesh, bf16=backend == "nccl" and cfg.mixed_precision)
 
 
-def shard_model(model, dist: Dist):
+def decoder_blocks(model) -> list:
+    """The modules to shard one by one: HF's ``_no_split_modules`` classes (the decoder layers)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__}: found no decoder blocks to shard (_no_split_modules={names})")
+    return blocks
+
+
+def shard_blocks(model, mesh, bf16: bool = False):
     """``fully_shard`` every decoder block, then the root (embeddings, final norm, tied head); with
-    ``dist.bf16`` the blocks compute in bf16 while parameters, optimizer state and reductions stay fp32."""
+    ``bf16`` the blocks compute in bf16 while parameters, optimizer state and reductions stay fp32."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy()
-    if dist.bf16:
+    if bf16:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    model.to(dist.device)
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=dist.mesh, mp_policy=mp)
-    fully_shard(model, mesh=dist.mesh, mp_policy=mp)
+    for block in decoder_blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
+
+
+def shard_model(model, dist: Dist):
+    """:func:`shard_blocks` on ``dist``'s device and mesh."""
+    model.to(dist.device)
+    return shard_blocks(model, dist.mesh, dist.bf16)
 
 
 def full_state_dict(model) -> dict:
@@ -106,9 +120,9 @@ def load_full_state(model, optimizer, model_state: dict, optim_state: dict) -> N
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    model_state = dict(model_state)
-    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in model_state:
-        model_state["lm_head.weight"] = model_state["model.embed_tokens.weight"]
+    from pretraining.checkpoint import fill_tied_head
+
+    model_state = fill_tied_head(dict(model_state), model.config)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True, strict=True))
 

@@ -213,11 +213,9 @@ class Trainer:
 
     def load_resumable(self, path: str | Path) -> int:
         """Restore weights, optimizer, scheduler, RNG and step from ``path``; returns the data position."""
-        from safetensors.torch import load_file
+        from pretraining.checkpoint import load_training_state, read_hf_weights, set_rng_state
 
-        from pretraining.checkpoint import load_training_state, set_rng_state
-
-        state = load_file(str(Path(path) / "model.safetensors"))
+        state = read_hf_weights(path)
         ts = load_training_state(path)
         groups = ts["optimizer"].get("param_groups") or [{"params": []}]
         by_name = bool(groups[0]["params"]) and isinstance(groups[0]["params"][0], str)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from learner.batching import (TrainSequence, collate, dynamic_sampling, is_zero_variance, sequences_from_groups,
-                              shard_steps)
+                              shard_steps, token_budget_micro_batches)
 from learner.config import LossConfig
 from rollout.trajectory import Group, Sample
 
@@ -53,17 +54,38 @@ def test_on_policy_mode_drops_anything_older():
     assert len(seqs) == 2
 
 
-def test_collate_aligns_completion_tokens_with_shifted_logits():
+def test_collate_padded_aligns_completion_tokens_with_the_predicting_positions():
+    a = TrainSequence([5, 6, 7], [8, 9], [-0.1, -0.2], [3, 4], 1.5, [1.0, 0.5])
+    b = TrainSequence([5], [11], [-0.3], [4], -1.0, [1.0])
+    t = collate([a, b], pad_id=0, packed=False)
+    assert t["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 11, 0, 0, 0]]
+    assert t["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    # position 2 of row 0 predicts 8, position 3 predicts 9; position 0 of row 1 (flat 5) predicts 11
+    assert t["positions"].tolist() == [2, 3, 5] and t["targets"].tolist() == [8, 9, 11]
+    assert t["completion_mask"].tolist() == [[True, True], [True, False]]
+    assert t["loss_mask"].tolist() == [[1.0, 0.5], [1.0, 0.0]]
+    assert t["behaviour_logprobs"].flatten().tolist() == pytest.approx([-0.1, -0.2, -0.3, 0.0])
+    assert t["versions"].tolist() == [[3, 4], [4, -1]]
+    assert t["advantages"].tolist() == [1.5, -1.0] and t["n_tokens"] == 7
+
+
+def test_collate_packed_puts_sequences_in_one_row_with_positions_restarting():
     a = TrainSequence([5, 6, 7], [8, 9], [-0.1, -0.2], [3, 4], 1.5, [1.0, 0.5])
     b = TrainSequence([5], [11], [-0.3], [4], -1.0, [1.0])
     t = collate([a, b], pad_id=0)
-    assert t["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 11, 0, 0, 0]]
-    assert t["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert t["targets"].tolist() == [[6, 7, 8, 9], [11, 0, 0, 0]]
-    assert t["loss_mask"].tolist() == [[0, 0, 1.0, 0.5], [1.0, 0, 0, 0]]
-    assert t["behaviour_logprobs"].flatten().tolist() == pytest.approx([0, 0, -0.1, -0.2, -0.3, 0, 0, 0])
-    assert t["versions"].tolist() == [[-1, -1, 3, 4], [4, -1, -1, -1]]
-    assert t["advantages"].tolist() == [1.5, -1.0]
+    assert t["input_ids"].tolist() == [[5, 6, 7, 8, 9, 5, 11]]
+    assert t["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1]] and "attention_mask" not in t
+    assert t["positions"].tolist() == [2, 3, 5] and t["targets"].tolist() == [8, 9, 11]
+    padded = collate([a, b], pad_id=0, packed=False)
+    for key in ("completion_mask", "loss_mask", "behaviour_logprobs", "versions", "advantages"):
+        assert torch.equal(t[key], padded[key]), key
+
+
+def test_one_long_and_seven_short_responses_are_not_padded():
+    seqs = [TrainSequence([1, 2], [3] * n, [0.0] * n, [0] * n, 0.0, [1.0] * n) for n in [500] + [4] * 7]
+    t = collate(seqs)
+    assert t["input_ids"].shape == (1, 502 + 7 * 6) and t["n_tokens"] == 502 + 7 * 6
+    assert collate(seqs, packed=False)["input_ids"].numel() == 8 * 502  # what padding would cost
 
 
 def test_collate_of_nothing_is_an_all_masked_dummy():
@@ -86,3 +108,30 @@ def test_shard_steps_groups_similar_lengths_into_micro_batches():
     seqs = [TrainSequence([1], [2] * n, [0.0] * n, [0] * n, 0.0, [1.0] * n) for n in (9, 1, 8, 2)]
     (ranks,) = shard_steps(seqs, micro_batch_size=2, grad_accumulation=2, world_size=1)
     assert [[len(s.completion_ids) for s in mb] for mb in ranks[0]] == [[1, 2], [8, 9]]
+
+
+def seq(n: int) -> TrainSequence:
+    return TrainSequence([1], [2] * (n - 1), [0.0] * (n - 1), [0] * (n - 1), 0.0, [1.0] * (n - 1))
+
+
+def test_token_budget_micro_batches_stay_under_the_budget():
+    seqs = [seq(n) for n in (700, 100, 300, 250, 600, 50)]
+    bins = token_budget_micro_batches(seqs, max_tokens=800)
+    assert all(sum(len(s) for s in b) <= 800 for b in bins)
+    assert sorted(len(s) for b in bins for s in b) == sorted(len(s) for s in seqs)
+    assert len(bins) == 3  # 2000 tokens need at least 3 bins of 800
+
+
+def test_a_sequence_over_the_budget_gets_a_micro_batch_of_its_own():
+    bins = token_budget_micro_batches([seq(5000), seq(10), seq(20)], max_tokens=1000)
+    assert sorted([len(s) for s in b] for b in bins) == [[20, 10], [5000]]
+
+
+def test_shard_steps_with_a_token_budget_keeps_the_step_size_and_equalises_ranks():
+    seqs = [seq(n) for n in (400, 30, 30, 30, 400, 400, 30, 30)]
+    steps = shard_steps(seqs, micro_batch_size=2, grad_accumulation=2, world_size=2, max_tokens=500)
+    assert len(steps) == 1  # 2 x 2 x 2 = 8 sequences per optimizer step, as without the budget
+    rank0, rank1 = steps[0]
+    assert len(rank0) == len(rank1)
+    assert sorted(len(s) for mb in rank0 + rank1 for s in mb) == sorted(len(s) for s in seqs)
+    assert all(sum(len(s) for s in mb) <= 500 for mb in rank0 + rank1)
