@@ -6,7 +6,7 @@
 
 Without ``--reward-url`` / ``--rollout-url`` it starts each server as a real subprocess on 127.0.0.1
 (``flywheel serve-reward``; ``flywheel serve-rollout`` on the tiny random-weight checkpoint of
-``rollout.tiny_checkpoint`` with its own local Ray) and stops it afterwards. ``--concurrency`` asyncio
+``tests.fixtures.tiny_checkpoint`` with its own local Ray) and stops it afterwards. ``--concurrency`` asyncio
 clients (httpx for HTTP, ``grpc.aio`` for gRPC) send requests back to back, loopback only, for
 ``--seconds`` after a short warm-up; every ``--bad-every``-th request is a bad one (malformed JSON, a
 too-long prompt or item, ``n`` or the batch too large, a wrong type) that must get its 4xx (gRPC:
@@ -181,7 +181,7 @@ def start_reward_server(log_dir: Path) -> tuple[subprocess.Popen, str, str]:
 
 
 def start_rollout_server(log_dir: Path) -> tuple[subprocess.Popen, str]:
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     model = build_tiny_qwen3(log_dir / "tiny-qwen3")
     http, grpc_port = free_port(), free_port()

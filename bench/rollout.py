@@ -59,7 +59,7 @@ def make_prompts(tokenizer, k: int) -> list[dict]:
         texts = [format_prompt(tokenizer, p.question) for p in make_problems("train", list(DIFFICULTIES), k, 123)]
         return [{"prompt_id": f"b{i}", "prompt_token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]}
                 for i, t in enumerate(texts)]
-    from rollout.tiny_checkpoint import synthetic_corpus
+    from tests.fixtures.tiny_checkpoint import synthetic_corpus
 
     texts = [t.split(" Answer:")[0] for t in synthetic_corpus(k, seed=123)]
     return [{"prompt_id": f"b{i}", "prompt_token_ids": tokenizer(t)["input_ids"]} for i, t in enumerate(texts)]
@@ -219,7 +219,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from rollout.config import RolloutConfig
-    from rollout.tiny_checkpoint import build_tiny_qwen3, perturbed_state_dict
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3, perturbed_state_dict
 
     torch.set_num_threads(args.threads)
     model = args.model or str(build_tiny_qwen3(Path("/tmp") / f"flywheel-bench-rollout-{os.getpid()}",

@@ -79,7 +79,7 @@ def main() -> None:
 
     from bench.rollout import make_prompts
     from rollout.config import RolloutConfig
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     model = args.model or str(build_tiny_qwen3(Path("/tmp") / f"flywheel-bench-scaling-{os.getpid()}"))
     cfg = RolloutConfig(model=model, dtype="float32", max_model_len=1024, num_cpus_per_worker=1,

@@ -102,6 +102,26 @@ class DataStage(_Base):
         return v
 
 
+class PromptFields(BaseModel):
+    """How a question becomes the user turn (shared by ``sft``, ``dpo``, ``eval`` and the GRPO job)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    system_prompt: str | None = None
+    """System message put before every question; None keeps the chat template's default. A template that
+    refuses a system role (Mistral's) gets it prepended to the question."""
+    prompt_template: str = "{question}"
+    """The user message, ``{question}`` replaced by the question (other braces are literal), e.g.
+    ``"{question}\\nPlease reason step by step, and put your final answer within \\boxed{}."``."""
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_question(cls, v: str) -> str:
+        if "{question}" not in v:
+            raise ValueError(f"{v!r} has no {{question}} placeholder for the problem's question")
+        return v
+
+
 class _TrainCommon(_Base):
     out_dir: str
     """Run folder: metrics.jsonl, loss curve PNG, checkpoints (``final/`` is the HF export)."""
@@ -157,15 +177,21 @@ class PretrainConfig(_TrainCommon):
         return self
 
 
-class SFTConfig(_TrainCommon):
+class SFTConfig(_TrainCommon, PromptFields):
     out_dir: str = "runs/sft"
     """Run folder; ``final/`` is the HF export."""
     init_from: str = "runs/pretrain/final"
-    """Checkpoint folder to fine-tune."""
+    """Checkpoint folder to fine-tune (any HF causal-LM folder with a chat template)."""
+    data_file: str | None = None
+    """Conversations to train on instead of the synthetic problems (TRL's conversational format: one
+    ``{"messages": [{role, content}, ...]}`` per row), a JSONL or Parquet file or a ``datasets``
+    save_to_disk folder. Loss is on the assistant turns as the checkpoint's own template renders them."""
+    messages_field: str = Field("messages", min_length=1)
+    """Column of ``data_file`` holding the conversation."""
     n_examples: int = Field(3000, ge=1)
-    """Training conversations generated from the train split."""
+    """Training conversations generated from the train split (synthetic data only)."""
     difficulties: list[int] = [1, 2, 3, 4, 5]
-    """Difficulty levels of the SFT problems."""
+    """Difficulty levels of the SFT problems (synthetic data only: ignored with ``data_file``)."""
     epochs: int = Field(2, ge=1)
     """Passes over the packed data."""
     optim: OptimConfig = OptimConfig(lr=1e-3, weight_decay=0.0)
@@ -174,11 +200,15 @@ class SFTConfig(_TrainCommon):
     """Learning-rate schedule."""
 
 
-class DPOConfig(_TrainCommon):
+class DPOConfig(_TrainCommon, PromptFields):
     out_dir: str = "runs/dpo"
     """Run folder; ``final/`` is the HF export."""
     init_from: str = "runs/sft/final"
-    """Checkpoint to optimise; also the frozen reference model."""
+    """Checkpoint to optimise; also the frozen reference model (any HF causal-LM folder with a chat template)."""
+    data_file: str | None = None
+    """Preference pairs instead of the built-in ones (``pairs`` and ``difficulties`` are then ignored), TRL
+    style: ``prompt`` / ``chosen`` / ``rejected`` as strings or message lists, in a JSONL or Parquet file
+    or a ``datasets`` save_to_disk folder."""
     n_pairs: int = Field(600, ge=1)
     """Preference pairs from the train split (``on_policy``: problems sampled; those without a wrong
     sample give no pair)."""
@@ -229,11 +259,19 @@ class MergeConfig(_Base):
         return self
 
 
-class EvalConfig(_Base):
+class EvalConfig(_Base, PromptFields):
     checkpoint: str = "runs/dpo/final"
     """Checkpoint folder to evaluate."""
+    data_file: str | None = None
+    """Problems with gold answers instead of the synthetic held-out split (``difficulties`` is then ignored),
+    a JSONL or Parquet file or a ``datasets`` save_to_disk folder; the gold may be a worked solution ending
+    in ``\\boxed{}`` or a GSM8K ``#### N`` answer."""
+    question_field: str = Field("question", min_length=1)
+    """Column of ``data_file`` holding the question (e.g. ``problem``)."""
+    answer_field: str = Field("answer", min_length=1)
+    """Column of ``data_file`` holding the gold (e.g. ``solution``)."""
     n: int = Field(200, ge=1)
-    """Held-out problems."""
+    """Held-out problems (the first ``n`` rows of ``data_file``)."""
     k: int = Field(4, ge=1, le=256)
     """Samples per problem for avg@k and pass@k (0 temperature-free greedy run is always done)."""
     difficulties: list[int] = [1, 2, 3, 4, 5]

@@ -1,6 +1,7 @@
 """``flywheel dpo``: preference optimisation with ``sigmoid`` (DPO), ``ipo`` or ``apo_zero`` losses.
 
-Pairs (``pairs``) are either ``synthetic``, a correct worked solution (chosen) vs a plausible wrong one
+Pairs come from ``data_file`` (TRL's ``prompt`` / ``chosen`` / ``rejected``, standard or
+conversational) or (``pairs``) are either ``synthetic``, a correct worked solution (chosen) vs a plausible wrong one
 (rejected: an arithmetic slip or a skipped final step) for the same train-split question, or
 ``on_policy``: the starting model's own correct and wrong samples of a train-split question
 (:func:`on_policy_pairs`). The reference model is the starting checkpoint; its log-probs are computed
@@ -69,7 +70,8 @@ def sequence_logps(model, batch: dict):
 
 
 def on_policy_pairs(checkpoint: str, n_prompts: int, k: int, seed: int, difficulties: list[int], *,
-                    max_tokens: int = 160, temperature: float = 1.0) -> tuple[list[dict[str, str]], dict[str, Any]]:
+                    max_tokens: int = 160, temperature: float = 1.0, system_prompt: str | None = None,
+                    prompt_template: str | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Pairs whose rejected side is a mistake ``checkpoint`` actually makes (Instella-Math, online DPO).
 
     ``k`` samples per train-split problem from vLLM, scored by ``rewards.verify``; a problem with a
@@ -81,7 +83,7 @@ def on_policy_pairs(checkpoint: str, n_prompts: int, k: int, seed: int, difficul
 
     from vllm import SamplingParams
 
-    from pretraining.chat import format_prompt
+    from pretraining.chat import encode_prompt
     from pretraining.data import make_problems
     from pretraining.evaluate import _verify_all, make_llm
     from pretraining.tokenizer import load_tokenizer
@@ -91,7 +93,8 @@ def on_policy_pairs(checkpoint: str, n_prompts: int, k: int, seed: int, difficul
     tok = load_tokenizer(checkpoint)
     llm = make_llm(checkpoint, seed=seed)
     try:
-        outs = llm.generate([format_prompt(tok, p.question) for p in problems],
+        outs = llm.generate([{"prompt_token_ids": encode_prompt(tok, p.question, system_prompt, prompt_template)}
+                             for p in problems],
                             SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens), use_tqdm=False)
     finally:
         llm.llm_engine.engine_core.shutdown()
@@ -128,28 +131,42 @@ def pairs_from_samples(problems: list, samples: list[list[tuple[str, bool]]]) ->
     return pairs
 
 
-def pair_rows(cfg: DPOConfig, tokenizer, pairs: list[dict[str, str]] | None = None) -> tuple[list, list]:
-    """Padded chosen and rejected rows (completion-only targets), one of each per pair (``pairs``
-    defaults to the synthetic :func:`pretraining.data.preference_pairs`)."""
-    from pretraining.chat import encode_prompt_completion
+def pair_rows(cfg: DPOConfig, tokenizer, pairs: list[dict] | None = None) -> tuple[list, list]:
+    """Padded chosen and rejected rows (completion-only targets, masks from the checkpoint's own template),
+    one of each per pair. ``pairs`` defaults to ``cfg.data_file``'s (TRL format) or the synthetic
+    :func:`pretraining.data.preference_pairs`; a pair the template cannot encode or longer than
+    ``seq_len`` is an error naming its source and row."""
+    from pretraining.chat import ChatTemplateError, encode_prompt_completion
     from pretraining.data import preference_pairs
+    from pretraining.dataset_files import DataFileError, read_preference_pairs
     from pretraining.packing import pad_rows
+    from pretraining.tokenizer import pad_token_id
 
+    source = cfg.data_file or "synthetic pairs"
     if pairs is None:
-        pairs = preference_pairs(cfg.n_pairs, cfg.seed, cfg.difficulties)
+        pairs = (read_preference_pairs(cfg.data_file) if cfg.data_file
+                 else preference_pairs(cfg.n_pairs, cfg.seed, cfg.difficulties))
     if not pairs:
         raise ValueError(f"DPO dataset is empty (n_pairs={cfg.n_pairs}, pairs={cfg.pairs!r}: with on_policy, "
                          "no sampled completion was wrong)")
     seqs = {"chosen": [], "rejected": []}
-    for p in pairs:
+    for i, p in enumerate(pairs):
         for side in seqs:
-            prompt, completion = encode_prompt_completion(tokenizer, p["prompt"], p[side])
+            try:
+                prompt, completion = encode_prompt_completion(tokenizer, p["prompt"], p[side],
+                                                              system_prompt=cfg.system_prompt,
+                                                              prompt_template=cfg.prompt_template)
+            except ChatTemplateError:
+                raise
+            except ValueError as e:
+                raise DataFileError(f"{source}: row {i} ({side}): {e}") from None
+            if len(prompt) + len(completion) > cfg.seq_len:
+                raise DataFileError(f"{source}: row {i}: the {side} sequence has {len(prompt) + len(completion)} "
+                                    f"tokens, longer than seq_len={cfg.seq_len}")
             seqs[side].append((prompt + completion, [0] * len(prompt) + [1] * len(completion)))
     longest = max(len(s[0]) for side in seqs.values() for s in side)
-    if longest > cfg.seq_len:
-        raise ValueError(f"a preference sequence has {longest} tokens, longer than seq_len={cfg.seq_len}")
-    return (pad_rows(seqs["chosen"], longest, tokenizer.pad_token_id),
-            pad_rows(seqs["rejected"], longest, tokenizer.pad_token_id))
+    pad = pad_token_id(tokenizer)
+    return pad_rows(seqs["chosen"], longest, pad), pad_rows(seqs["rejected"], longest, pad)
 
 
 def _collate_pairs(chosen: list, rejected: list, idx: list[int], ref) -> dict:
@@ -208,9 +225,13 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     pairs, pair_stats = None, {}
-    if cfg.pairs == "on_policy":  # sample before the model is loaded: the engine needs the memory
+    if cfg.data_file:
+        log.info("DPO pairs from %s (pairs=%r and difficulties apply to the built-in data only)", cfg.data_file,
+                 cfg.pairs)
+    elif cfg.pairs == "on_policy":  # sample before the model is loaded: the engine needs the memory
         pairs, pair_stats = on_policy_pairs(cfg.init_from, cfg.n_pairs, cfg.samples_per_prompt, cfg.seed + 101,
-                                            cfg.difficulties, max_tokens=cfg.sample_max_tokens)
+                                            cfg.difficulties, max_tokens=cfg.sample_max_tokens,
+                                            system_prompt=cfg.system_prompt, prompt_template=cfg.prompt_template)
     model, tok = load_checkpoint(cfg.init_from)
     chosen, rejected = pair_rows(cfg, tok, pairs)
     dist = init_distributed(cfg.distributed)
@@ -253,7 +274,7 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     trainer.run(total, batches_at, stage="dpo", on_step=maybe_save)
     final = export_model(model, tok, run_dir / "final", dist,
                          meta={"step": total, "job": "dpo", "loss": cfg.loss, "beta": cfg.beta, "rpo_alpha": cfg.rpo_alpha,
-                               "pairs": cfg.pairs, "pair_stats": pair_stats, "init_from": cfg.init_from})
+                               "pairs": cfg.data_file or cfg.pairs, "pair_stats": pair_stats, "init_from": cfg.init_from})
     if metrics is not None:
         metrics.close()
         plot_loss_curves(metrics.path, run_dir / "loss.png", keys=("loss", "reward_margin", "preference_acc"),

@@ -2,9 +2,10 @@
 
     flywheel eval --checkpoint runs/dpo/final --n 200 --k 4
 
-Problems come from the ``heldout`` split of :mod:`pretraining.data` (never seen in any training corpus);
-prompts use the checkpoint's chat template (:func:`pretraining.chat.format_prompt`); completions are
-scored by ``rewards.verify``. vLLM starts worker processes, so a script that calls :func:`evaluate` needs an
+Problems come from the ``heldout`` split of :mod:`pretraining.data` (never seen in any training corpus)
+or a ``data_file`` (JSONL, Parquet or a ``datasets`` folder with ``question_field`` / ``answer_field``);
+prompts use the checkpoint's own chat template with ``system_prompt`` / ``prompt_template``
+(:func:`pretraining.chat.encode_prompt`); completions are scored by ``rewards.verify``. vLLM starts worker processes, so a script that calls :func:`evaluate` needs an
 ``if __name__ == "__main__":`` guard.
 """
 
@@ -37,7 +38,9 @@ class CheckpointReloader:
     def reload_checkpoint(self, path: str) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(str(Path(path) / "model.safetensors"))
+        state = {}
+        for f in sorted(Path(path).glob("*.safetensors")):  # one file or a sharded checkpoint's shards
+            state.update(load_file(str(f)))
         self.model_runner.reload_weights(weights_iterator=iter(state.items()))
 
 
@@ -69,25 +72,41 @@ def load_weights(llm, checkpoint: str) -> None:
     llm.reset_prefix_cache()
 
 
+def eval_problems(n: int, difficulties: list[int] | None = None, seed: int = 1234, *, data_file: str | None = None,
+                  question_field: str = "question", answer_field: str = "answer") -> list:
+    """The first ``n`` problems of ``data_file`` (``pretraining.dataset_files.read_problems``), else ``n`` of
+    the synthetic held-out split at ``difficulties``; each has ``question``, ``answer``, ``difficulty``."""
+    from pretraining.data import DIFFICULTIES, make_problems
+    from pretraining.dataset_files import read_problems
+
+    if data_file:
+        return read_problems(data_file, question_field, answer_field)[:n]
+    return make_problems("heldout", list(difficulties or DIFFICULTIES), n, seed)
+
+
 def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[int] | None = None, seed: int = 1234,
              temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 160, llm=None,
-             return_samples: bool = False, kv_cache_gib: float = 1.0) -> dict[str, Any]:
-    """Greedy accuracy, avg@k and pass@k on ``n`` held-out problems; ``k=0`` skips sampling.
+             return_samples: bool = False, kv_cache_gib: float = 1.0, data_file: str | None = None,
+             question_field: str = "question", answer_field: str = "answer", system_prompt: str | None = None,
+             prompt_template: str | None = None) -> dict[str, Any]:
+    """Greedy accuracy, avg@k and pass@k on ``n`` held-out problems (:func:`eval_problems`: the synthetic
+    held-out split or ``data_file``); ``k=0`` skips sampling. Prompts are the checkpoint's own chat
+    template with ``system_prompt`` / ``prompt_template``, given to vLLM as token ids.
 
     Returns ``{"greedy_acc", "avg_at_k", "pass_at_k", "k", "n", "by_difficulty": {...}, "seconds"}``.
     Pass an existing ``llm`` (after loading new weights into it) to skip the engine start-up.
     """
     from vllm import SamplingParams
 
-    from pretraining.chat import format_prompt
-    from pretraining.data import DIFFICULTIES, make_problems
+    from pretraining.chat import encode_prompt
     from pretraining.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
-    difficulties = list(difficulties or DIFFICULTIES)
-    problems = make_problems("heldout", difficulties, n, seed)
+    problems = eval_problems(n, difficulties, seed, data_file=data_file, question_field=question_field,
+                             answer_field=answer_field)
+    difficulties = sorted({p.difficulty for p in problems})
     tok = load_tokenizer(checkpoint)
-    prompts = [format_prompt(tok, p.question) for p in problems]
+    prompts = [{"prompt_token_ids": encode_prompt(tok, p.question, system_prompt, prompt_template)} for p in problems]
     if llm is None:
         llm = make_llm(checkpoint, seed=seed, kv_cache_gib=kv_cache_gib)
     golds = [p.answer for p in problems]
@@ -133,15 +152,19 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def main(cfg: EvalConfig) -> int:
+    from pretraining.chat import ChatTemplateError
     from pretraining.checkpoint import CheckpointError
+    from pretraining.dataset_files import DataFileError
 
     if not (Path(cfg.checkpoint) / "config.json").is_file():
         raise SystemExit(f"eval: checkpoint {cfg.checkpoint!r} is not a model folder (no config.json)")
     try:
         r = evaluate(cfg.checkpoint, cfg.n, cfg.k, difficulties=cfg.difficulties, seed=cfg.seed,
                      temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                     return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib)
-    except CheckpointError as e:
+                     return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib, data_file=cfg.data_file,
+                     question_field=cfg.question_field, answer_field=cfg.answer_field,
+                     system_prompt=cfg.system_prompt, prompt_template=cfg.prompt_template)
+    except (CheckpointError, ChatTemplateError, DataFileError) as e:
         raise SystemExit(f"eval: {e}") from None
     print(f"held-out accuracy of {cfg.checkpoint}: {format_result(r)}", flush=True)
     if cfg.out:

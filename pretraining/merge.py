@@ -1,7 +1,9 @@
 """``flywheel merge``: average N checkpoints of one architecture (Instella's weight ensembling).
 
 Refuses inputs whose architecture (config), tensor names/shapes or tokenizer differ, naming the first
-difference. The output folder is a complete HF checkpoint (config and tokenizer from the first input).
+difference. The output folder is a complete HF checkpoint (config, generation config, tokenizer and chat
+template from the first input; each tensor keeps its dtype, bf16 or fp32; a sharded input is read whole
+and written as one ``model.safetensors``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ log = logging.getLogger(__name__)
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures_version"}
 _COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-           "special_tokens_map.json", "chat_template.jinja")
+           "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
+           "added_tokens.json")
 
 
 class MergeError(ValueError):
@@ -31,10 +34,23 @@ def _architecture(path: Path) -> dict:
     return {k: v for k, v in json.loads(f.read_text()).items() if k not in _IGNORED_CONFIG_KEYS}
 
 
+def _load_state(path: Path) -> dict:
+    """Every tensor of a checkpoint folder (one ``model.safetensors`` or a sharded checkpoint's files)."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise MergeError(f"{path}: no *.safetensors weight files")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
 def merge_checkpoints(paths: list[str | Path], out_dir: str | Path, weights: list[float] | None = None) -> Path:
     """Weighted average (uniform by default) of the checkpoints' tensors, written to ``out_dir``."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     paths = [Path(p) for p in paths]
     if not paths:
@@ -57,7 +73,7 @@ def merge_checkpoints(paths: list[str | Path], out_dir: str | Path, weights: lis
         tok = (p / "tokenizer.json").read_text() if (p / "tokenizer.json").is_file() else None
         if tok != base_tok:
             raise MergeError(f"cannot merge {p} with {paths[0]}: their tokenizers differ")
-        state = load_file(str(p / "model.safetensors"))
+        state = _load_state(p)
         if i == 0:
             for k, v in state.items():
                 merged[k], dtypes[k] = v.float() * w, v.dtype

@@ -1,8 +1,9 @@
 """``flywheel sft``: supervised fine-tuning on chat data, loss on assistant tokens only.
 
-Conversations (train split) are rendered with the checkpoint's chat template; the template's
-``{% generation %}`` markers give the assistant-token mask, so user turns and role headers carry no
-loss. Sequences are packed with best-fit-decreasing (none is split; positions restart per sequence so
+Conversations (the synthetic train split, or ``data_file`` rows in TRL's ``messages`` format) are
+rendered with the checkpoint's own chat template; the assistant-token mask comes from the template
+itself (:func:`pretraining.chat.encode_conversation`: no ``{% generation %}`` markers needed), so
+system and user turns and role headers carry no loss. Sequences are packed with best-fit-decreasing (none is split; positions restart per sequence so
 attention stays inside it) and the packed rows are reshuffled every epoch.
 """
 
@@ -19,17 +20,50 @@ from pretraining.config import SFTConfig
 log = logging.getLogger(__name__)
 
 
-def sft_rows(cfg: SFTConfig, tokenizer) -> list:
-    """Packed (best-fit-decreasing) or padded rows of the SFT conversations."""
-    from pretraining.chat import encode_conversation
-    from pretraining.data import sft_conversations
-    from pretraining.packing import pack_best_fit, pad_rows
+def sft_conversations(cfg: SFTConfig) -> tuple[str, list[list[dict[str, str]]]]:
+    """``(source, conversations)``: ``cfg.data_file``'s (TRL ``messages`` rows) or the synthetic train split's,
+    the synthetic questions shaped by ``prompt_template``; ``system_prompt`` leads any conversation
+    without a system message."""
+    from pretraining.chat import prompt_messages
+    from pretraining.data import sft_conversations as synthetic
+    from pretraining.dataset_files import read_conversations
 
-    convs = sft_conversations(cfg.n_examples, cfg.seed, cfg.difficulties)
+    if cfg.data_file:
+        source, convs = cfg.data_file, read_conversations(cfg.data_file, cfg.messages_field)
+        if cfg.system_prompt:
+            convs = [c if c[0]["role"] == "system" else [{"role": "system", "content": cfg.system_prompt}, *c]
+                     for c in convs]
+        return source, convs
+    convs = [prompt_messages(c[0]["content"], cfg.system_prompt, cfg.prompt_template) + c[1:]
+             for c in synthetic(cfg.n_examples, cfg.seed, cfg.difficulties)]
+    return "synthetic train split", convs
+
+
+def sft_rows(cfg: SFTConfig, tokenizer) -> list:
+    """Packed (best-fit-decreasing) or padded rows of the SFT conversations, rendered with the checkpoint's
+    own chat template; a conversation the template cannot mask or longer than ``seq_len`` is an error
+    naming its source and row."""
+    from pretraining.chat import ChatTemplateError, encode_conversation
+    from pretraining.dataset_files import DataFileError
+    from pretraining.packing import pack_best_fit, pad_rows
+    from pretraining.tokenizer import pad_token_id
+
+    source, convs = sft_conversations(cfg)
     if not convs:
         raise ValueError("SFT dataset is empty (n_examples=0?)")
-    seqs = [encode_conversation(tokenizer, c) for c in convs]
-    return (pack_best_fit if cfg.packing else pad_rows)(seqs, cfg.seq_len, tokenizer.pad_token_id)
+    seqs = []
+    for i, conv in enumerate(convs):
+        try:
+            ids, mask = encode_conversation(tokenizer, conv)
+        except ChatTemplateError:
+            raise
+        except ValueError as e:
+            raise DataFileError(f"{source}: row {i}: {e}") from None
+        if len(ids) > cfg.seq_len:
+            raise DataFileError(f"{source}: row {i}: the conversation has {len(ids)} tokens, longer than "
+                                f"seq_len={cfg.seq_len}; raise seq_len or drop the row")
+        seqs.append((ids, mask))
+    return (pack_best_fit if cfg.packing else pad_rows)(seqs, cfg.seq_len, pad_token_id(tokenizer))
 
 
 def epoch_batches(rows: list, rows_per_step: int, epochs: int, seed: int, dist, micro: int, packed: bool,
@@ -87,8 +121,8 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     run_dir = Path(cfg.out_dir)
     share = real_token_share(rows)
     if rank0:
-        log.info("SFT: %d conversations -> %d rows of %d (%.1f%% real tokens), %d epochs = %d steps",
-                 cfg.n_examples, len(rows), cfg.seq_len, 100 * share, cfg.epochs, total)
+        log.info("SFT: %s -> %d rows of %d (%.1f%% real tokens), %d epochs = %d steps",
+                 cfg.data_file or f"{cfg.n_examples} synthetic conversations", len(rows), cfg.seq_len, 100 * share, cfg.epochs, total)
     metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
                             append=cfg.resume) if rank0 else None
     trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,

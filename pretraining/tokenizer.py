@@ -51,12 +51,30 @@ def save_tokenizer(tokenizer, path: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path):
-    """Load a tokenizer folder written by :func:`save_tokenizer` (or any HF tokenizer folder)."""
+    """Load a tokenizer folder written by :func:`save_tokenizer` or any HF checkpoint's tokenizer (its chat
+    template from ``tokenizer_config.json`` or ``chat_template.jinja``). The template is checked here
+    (:func:`pretraining.chat.check_chat_template`), so a template without an assistant turn or an
+    end-of-turn token stops a job at start-up with the file and the rule named."""
     from transformers import AutoTokenizer
 
-    if not (Path(path) / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {path}: train one with pretraining.tokenizer.train_tokenizer")
+    from pretraining.chat import ChatTemplateError, check_chat_template
+
+    path = Path(path)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json); "
+                                "train one with pretraining.tokenizer.train_tokenizer")
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.chat_template is None:
-        raise ValueError(f"tokenizer in {path} has no chat_template in tokenizer_config.json")
+        raise ChatTemplateError(f"{path}: the tokenizer has no chat template (chat_template in tokenizer_config.json "
+                         "or chat_template.jinja); every job formats prompts with it")
+    check_chat_template(tok)
     return tok
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id to pad rows with: the pad token, else EOS (many released tokenizers have no pad token), else 0.
+    Padded positions carry no loss and no attention, so any id works."""
+    for i in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if i is not None:
+            return int(i)
+    return 0

@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"flywheel {args.command}: {e}", file=sys.stderr)
         return 2
-    from pretraining.checkpoint import CheckpointError  # light: no torch at import
+    from pretraining.chat import ChatTemplateError  # these three are light: no torch at import
+    from pretraining.checkpoint import CheckpointError
+    from pretraining.dataset_files import DataFileError
 
     try:
         code = _resolve(cmd.run)(cfg)
-    except CheckpointError as e:  # a broken checkpoint is bad input: one clear line, no traceback
+    except (CheckpointError, ChatTemplateError, DataFileError) as e:  # bad input: one clear line, no traceback
         print(f"flywheel {args.command}: {e}", file=sys.stderr)
         return 2
     return int(code or 0)

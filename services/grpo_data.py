@@ -1,10 +1,13 @@
 """The GRPO job's data: each stage's training problems and the held-out problems, as prompt dicts.
 
 A stage takes either difficulty levels of the synthetic generator (``pretraining.data.make_problems``)
-or a JSONL file with one ``{"question": ..., "answer": ...}`` per line. Questions are formatted with
-the checkpoint's chat template (``pretraining.chat.format_prompt``) and tokenized once here, so the
-rollout workers receive ``prompt_token_ids`` and prompts longer than ``max_prompt_tokens`` are
-skipped with a warning instead of failing inside vLLM.
+or a ``data_file`` (JSONL, Parquet or a ``datasets`` folder, read by ``pretraining.dataset_files``)
+with ``question_field`` / ``answer_field``. Questions are formatted with the checkpoint's own chat
+template, the job's ``system_prompt`` and ``prompt_template`` (``pretraining.chat.encode_prompt``) and
+tokenized once here, so the rollout workers receive ``prompt_token_ids`` and prompts longer than
+``max_prompt_tokens`` are skipped with a warning instead of failing inside vLLM. Golds are passed as
+written (a bare answer, a worked solution ending in ``\\boxed{}``, a GSM8K ``#### N``): the verifier
+reads their final answer.
 
 A prompt dict is what ``rollout.prompts.PromptSource`` hands to the workers:
 ``{"prompt_id", "prompt_token_ids", "text", "gold", "stage"}``.
@@ -12,58 +15,15 @@ A prompt dict is what ``rollout.prompts.PromptSource`` hands to the workers:
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from pretraining.dataset_files import QA, DataFileError, read_problems
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class QA:
-    """A problem the verifier can check: a question and its gold answer."""
-
-    question: str
-    answer: str
-    difficulty: int = 0
-
-
-def read_jsonl_problems(path: str | Path) -> list[QA]:
-    """Problems from a JSONL file. Every bad line is an error naming the file, the line and the problem:
-    not JSON, not an object, ``question`` missing or not a non-empty string, ``answer`` missing, null or
-    empty (a number is fine: it becomes a string), ``difficulty`` not an integer. A file with no problem
-    at all is an error too (a stage cannot train on nothing)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"problem file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON: {e}") from None
-        if not isinstance(row, dict) or "question" not in row or "answer" not in row:
-            raise ValueError(f"{where}: each line needs 'question' and 'answer'")
-        question, answer, difficulty = row["question"], row["answer"], row.get("difficulty", 0)
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"{where}: 'question' must be a non-empty string, got {question!r}")
-        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
-            raise ValueError(f"{where}: 'answer' must be a non-empty string or a number, got {answer!r}")
-        if isinstance(difficulty, bool) or not isinstance(difficulty, int):
-            raise ValueError(f"{where}: 'difficulty' must be an integer, got {difficulty!r}")
-        out.append(QA(question, str(answer), difficulty))
-    if not out:
-        raise ValueError(f"{path}: no problems (the file is empty or has only blank lines)")
-    return out
+__all__ = ["QA", "PromptCursor", "check_data_files", "check_job_inputs", "heldout_problems", "load_tokenizer", "read_problems",
+           "stage_problems", "to_prompts"]
 
 
 def synthetic_problems(split: str, difficulties: list[int], n: int, seed: int) -> list[QA]:
@@ -75,7 +35,7 @@ def synthetic_problems(split: str, difficulties: list[int], n: int, seed: int) -
 def stage_problems(stage: Any, seed: int) -> list[QA]:
     """Training problems of one stage (a ``StageConfig``)."""
     if stage.data_file:
-        return read_jsonl_problems(stage.data_file)
+        return read_problems(stage.data_file, stage.question_field, stage.answer_field)
     return synthetic_problems("train", list(stage.difficulties), stage.num_problems, seed)
 
 
@@ -83,43 +43,58 @@ def heldout_problems(cfg: Any) -> list[QA]:
     """Held-out problems of the job (``GRPOJobConfig``): the eval file or the synthetic held-out split."""
     ev = cfg.eval
     if ev.data_file:
-        return read_jsonl_problems(ev.data_file)[: ev.num_problems]
+        return read_problems(ev.data_file, ev.question_field, ev.answer_field)[: ev.num_problems]
     levels = ev.difficulties or sorted({d for s in cfg.stages for d in (s.difficulties or [])})
     if not levels:
         raise ValueError("eval needs eval.difficulties or eval.data_file when every stage reads a data_file")
     return synthetic_problems("heldout", levels, ev.num_problems, ev.seed)
 
 
-def check_data_files(cfg: Any) -> None:
-    """Read every JSONL file the job (``GRPOJobConfig``) names, stages and eval, so that a bad line in the
-    last stage's file stops the job before any training rather than hours into it."""
-    for s, stage in enumerate(cfg.stages):
-        if stage.data_file:
+def check_data_files(cfg: Any) -> dict[str, QA]:
+    """Read every data file the job (``GRPOJobConfig``) names, stages and eval, so that a bad row in the last
+    stage's file stops the job before any training rather than hours into it; returns each file's first
+    problem by config path (``stages.1``, ``eval``)."""
+    files = [(f"stages.{s}", st.data_file, st.question_field, st.answer_field) for s, st in enumerate(cfg.stages)]
+    if cfg.eval.enabled:
+        files.append(("eval", cfg.eval.data_file, cfg.eval.question_field, cfg.eval.answer_field))
+    first = {}
+    for name, path, qf, af in files:
+        if path:
             try:
-                read_jsonl_problems(stage.data_file)
+                first[name] = read_problems(path, qf, af)[0]
             except (OSError, ValueError) as e:
-                raise ValueError(f"stages.{s}.data_file: {e}") from None
-    if cfg.eval.enabled and cfg.eval.data_file:
-        try:
-            read_jsonl_problems(cfg.eval.data_file)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"eval.data_file: {e}") from None
+                raise DataFileError(f"{name}.data_file: {e}") from None
+    return first
+
+
+def check_job_inputs(cfg: Any) -> None:
+    """Check everything the job reads before it starts anything: the checkpoint's weights against its
+    config (``pretraining.checkpoint.check_weights``), its tokenizer and chat template
+    (``pretraining.tokenizer.load_tokenizer``), every data file (:func:`check_data_files`), and the
+    prompt of each file's first problem formatted with ``system_prompt`` / ``prompt_template``."""
+    from pretraining.checkpoint import check_weights
+
+    check_weights(cfg.model)
+    tok = load_tokenizer(cfg.model)
+    for name, qa in check_data_files(cfg).items():
+        to_prompts([qa], tok, 0, 1 << 30, name, cfg.system_prompt, cfg.prompt_template)
 
 
 def load_tokenizer(checkpoint: str):
-    from transformers import AutoTokenizer
+    """The checkpoint's tokenizer, its chat template checked (``pretraining.tokenizer.load_tokenizer``)."""
+    from pretraining.tokenizer import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(checkpoint)
+    return load(checkpoint)
 
 
-def to_prompts(problems: list[QA], tokenizer, stage: int, max_prompt_tokens: int,
-               id_prefix: str) -> list[dict[str, Any]]:
+def to_prompts(problems: list[QA], tokenizer, stage: int, max_prompt_tokens: int, id_prefix: str,
+               system_prompt: str | None = None, prompt_template: str | None = None) -> list[dict[str, Any]]:
     """Chat-format and tokenize problems into prompt dicts; too-long prompts are skipped (logged)."""
     from pretraining.chat import format_prompt
 
     out, skipped = [], 0
     for i, p in enumerate(problems):
-        text = format_prompt(tokenizer, p.question)
+        text = format_prompt(tokenizer, p.question, system_prompt, prompt_template)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_tokens:
             skipped += 1

@@ -42,6 +42,7 @@ from typing import Any
 
 from services.grpo_data import (
     PromptCursor,
+    check_job_inputs,
     heldout_problems,
     load_tokenizer,
     stage_problems,
@@ -172,6 +173,7 @@ class GRPOJob:
     def run(self) -> int:
 
         c = self.cfg
+        check_job_inputs(c)  # a broken checkpoint, template or data row stops the job now, not hours into it
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(c.model_dump_json(indent=2))
         self._connect_ray()
@@ -193,11 +195,9 @@ class GRPOJob:
     def _setup(self) -> None:
         import ray
 
-        from services.grpo_data import check_data_files
         from services.grpo_scoring import ScoringSink
 
         c = self.cfg
-        check_data_files(c)  # a bad line in the last stage's file stops the job now, not hours into it
         self.learner_pg, self.rollout_pg = self._placement_groups()
         self.learner = self._start_learner(self.checkpoints.latest() if c.checkpoint.resume else None)
         self.tokenizer = load_tokenizer(c.model)
@@ -205,8 +205,8 @@ class GRPOJob:
         self.sink = ray.remote(num_cpus=0)(ScoringSink).remote(
             self.experience.sink, stage_reward(c, self.progress.stage).model_dump(),
             c.resources.verifier_actors, c.resources.verifier_cpus, self.progress.stage)
-        self.heldout = (to_prompts(heldout_problems(c), self.tokenizer, -1, c.max_prompt_tokens, "heldout")
-                        if c.eval.enabled else [])
+        self.heldout = (to_prompts(heldout_problems(c), self.tokenizer, -1, c.max_prompt_tokens, "heldout",
+                                   c.system_prompt, c.prompt_template) if c.eval.enabled else [])
 
     def _finish(self) -> None:
         """Plots (over every step of the job, resumed runs included) and ``summary.json``."""
@@ -298,7 +298,7 @@ class GRPOJob:
         loss = stage_loss(c, s)
         ahead = c.issue_ahead_steps if loss.max_staleness is None else min(c.issue_ahead_steps, loss.max_staleness)
         prompts = to_prompts(stage_problems(stage, c.seed + s), self.tokenizer, s, c.max_prompt_tokens,
-                             f"s{s}")
+                             f"s{s}", c.system_prompt, c.prompt_template)
         batches = BatchBuilder(PromptCursor(prompts, p.data_position), stage.prompts_per_step, ahead,
                                dynamic_sampling=c.dynamic_sampling, max_draws_per_step=c.max_draws_per_step,
                                buffer=self.buffer, pending=self.pending)

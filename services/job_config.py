@@ -3,7 +3,7 @@
 The job composes the other components' configs (``rollout``, ``learner``, ``loss``, ``reward``,
 ``experience``) and adds what only the job knows: the starting checkpoint, resources and placement,
 evaluation, checkpoints, and the declared ``stages``. Each stage has its data (difficulty levels of
-the synthetic generator or a JSONL file of problems with answers), max response length (vLLM's
+the synthetic generator or a dataset file of problems with answers), max response length (vLLM's
 ``max_model_len`` follows), group size, temperature, a step budget and/or a reward-plateau stop rule,
 and loss overrides. ``loss.max_staleness: 0`` is the synchronous on-policy mode; anything above is
 asynchronous in-flight training (same code path). Imports no torch, vllm or ray.
@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learner.config import ExperienceConfig, LearnerConfig, LossConfig
+from pretraining.config import PromptFields
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
 
@@ -42,10 +43,17 @@ class StageConfig(BaseModel):
 
     name: str = ""
     """Display name (default ``stage<i>``)."""
-    difficulties: list[int] | None = Field(default_factory=lambda: [1])
-    """Difficulty levels of the synthetic problem generator (``pretraining.data``); None when ``data_file``."""
+    difficulties: list[int] | None = None
+    """Difficulty levels of the synthetic problem generator (``pretraining.data``); ``[1]`` when neither this
+    nor ``data_file`` is given."""
     data_file: str | None = None
-    """JSONL file of problems, one ``{"question": ..., "answer": ...}`` per line (instead of ``difficulties``)."""
+    """Problems with gold answers instead of ``difficulties``: a JSONL or Parquet file or a ``datasets``
+    save_to_disk folder (``pretraining.dataset_files``). The gold may be a bare answer, a worked solution
+    whose last ``\\boxed{}`` is the answer, or a GSM8K ``#### N`` answer."""
+    question_field: str = Field("question", min_length=1)
+    """Column of ``data_file`` holding the question (e.g. ``problem`` for MATH-style data)."""
+    answer_field: str = Field("answer", min_length=1)
+    """Column of ``data_file`` holding the gold (e.g. ``solution`` for MATH-style data)."""
     num_problems: int = Field(2000, ge=1)
     """Training problems generated for the stage (synthetic data); the stage cycles through them."""
     max_response_tokens: int = Field(64, ge=1, le=1_000_000)
@@ -72,8 +80,10 @@ class StageConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_data_source(self) -> StageConfig:
-        if (self.data_file is None) == (self.difficulties is None):
-            raise ValueError("give exactly one of difficulties (synthetic levels) and data_file (JSONL)")
+        if self.data_file is not None and self.difficulties is not None:
+            raise ValueError("give exactly one of difficulties (synthetic levels) and data_file (a dataset file)")
+        if self.data_file is None and self.difficulties is None:
+            self.difficulties = [1]
         if self.difficulties is not None and not self.difficulties:
             raise ValueError("difficulties is empty")
         return self
@@ -120,7 +130,11 @@ class EvalSettings(BaseModel):
     difficulties: list[int] | None = None
     """Held-out difficulty levels; None = the union of all stages' levels."""
     data_file: str | None = None
-    """JSONL of held-out problems instead of the synthetic held-out split."""
+    """Held-out problems instead of the synthetic held-out split (JSONL, Parquet or a ``datasets`` folder)."""
+    question_field: str = Field("question", min_length=1)
+    """Column of ``data_file`` holding the question."""
+    answer_field: str = Field("answer", min_length=1)
+    """Column of ``data_file`` holding the gold answer (or a worked solution / GSM8K answer)."""
     max_response_tokens: int | None = Field(None, ge=1)
     """Completion budget; None = the stage's ``max_response_tokens``."""
     seed: int = 1234
@@ -140,8 +154,9 @@ class CheckpointSettings(BaseModel):
     """Step checkpoints kept on disk (stage-end HF exports are always kept)."""
 
 
-class GRPOJobConfig(BaseModel):
-    """The multi-stage asynchronous GRPO job (``ray job submit -- python -m services.grpo_job``)."""
+class GRPOJobConfig(PromptFields):
+    """The multi-stage asynchronous GRPO job (``ray job submit -- python -m services.grpo_job``).
+    ``system_prompt`` and ``prompt_template`` shape every training and held-out prompt."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 

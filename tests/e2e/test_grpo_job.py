@@ -29,7 +29,7 @@ EXCLUDES = [".venv", ".venv/**", ".git", "runs", "outputs", "checkpoints", "**/_
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("model") / "tiny-qwen3")
 

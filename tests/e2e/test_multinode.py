@@ -138,7 +138,7 @@ def test_job_placement_group_puts_each_role_on_its_node(two_node_cluster):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("model") / "tiny-qwen3")
 

@@ -91,7 +91,7 @@ def test_reward_server_answers_its_probes_with_the_manifest_command():
 
 @pytest.mark.slow
 def test_rollout_server_answers_its_probes_with_the_manifest_command(tmp_path):
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     model = build_tiny_qwen3(tmp_path / "tiny-qwen3")
     container = _deployment("rollout-server.yaml")["spec"]["template"]["spec"]["containers"][0]

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random-weight Qwen3 + BPE tokenizer with a chat template (vLLM and transformers load it)."""
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("job-model") / "tiny-qwen3")
 

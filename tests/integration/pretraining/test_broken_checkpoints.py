@@ -26,7 +26,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     config says tied: valid)."""
     from safetensors.torch import load_file, save_file
 
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     root = tmp_path_factory.mktemp("ckpts")
     good = build_tiny_qwen3(root / "good")

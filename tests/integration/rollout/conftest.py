@@ -16,7 +16,7 @@ TOKEN = "test-token"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from rollout.tiny_checkpoint import build_tiny_qwen3
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
 
     return str(build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3")))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rollout.tiny_checkpoint import perturbed_state_dict
+from tests.fixtures.tiny_checkpoint import perturbed_state_dict
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42], [100, 3, 200, 7, 9], [11, 12]]
 

@@ -11,7 +11,7 @@ import grpc
 import httpx
 import pytest
 
-from rollout.tiny_checkpoint import perturbed_state_dict
+from tests.fixtures.tiny_checkpoint import perturbed_state_dict
 
 
 @pytest.fixture(scope="module")

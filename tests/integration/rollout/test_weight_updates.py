@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rollout.prompts import GroupSink, create_prompt_source
-from rollout.tiny_checkpoint import perturbed_state_dict
+from tests.fixtures.tiny_checkpoint import perturbed_state_dict
 
 
 def _prompts(tag: str, n: int) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rollout.tiny_checkpoint import perturbed_state_dict
+from tests.fixtures.tiny_checkpoint import perturbed_state_dict
 
 TENSOR = "model.layers.1.mlp.up_proj.weight"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.config import ConfigError, load_config
-from services.grpo_data import check_data_files, read_jsonl_problems
+from services.grpo_data import check_data_files, read_problems
 from services.job_config import GRPOJobConfig
 
 TINY = str(Path(__file__).resolve().parents[3] / "configs" / "grpo_tiny.yaml")
@@ -31,14 +31,14 @@ def test_a_bad_line_is_an_error_naming_file_line_and_problem(tmp_path, line, wor
     f = tmp_path / "stage.jsonl"
     f.write_text(GOOD + "\n\n" + line + "\n" + GOOD + "\n")
     with pytest.raises(ValueError) as e:
-        read_jsonl_problems(f)
+        read_problems(f)
     assert f"{f}:3:" in str(e.value) and words in str(e.value)
 
 
 def test_numbers_as_answers_are_accepted_as_strings(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"question": "q", "answer": 3.5, "difficulty": 2}) + "\n")
-    [p] = read_jsonl_problems(f)
+    [p] = read_problems(f)
     assert (p.answer, p.difficulty) == ("3.5", 2)
 
 
@@ -47,22 +47,22 @@ def test_an_empty_dataset_is_an_error(tmp_path, content):
     f = tmp_path / "empty.jsonl"
     f.write_text(content)
     with pytest.raises(ValueError, match=r"empty\.jsonl: no problems"):
-        read_jsonl_problems(f)
+        read_problems(f)
 
 
 def test_a_file_that_is_not_utf8_or_missing_is_named(tmp_path):
     f = tmp_path / "latin1.jsonl"
     f.write_bytes(b'{"question": "caf\xe9", "answer": "1"}\n')
     with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8"):
-        read_jsonl_problems(f)
+        read_problems(f)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        read_jsonl_problems(tmp_path / "nope.jsonl")
+        read_problems(tmp_path / "nope.jsonl")
 
 
 def _job_with_files(tmp_path, stage_files: list[str], eval_file: str | None = None) -> GRPOJobConfig:
     overrides = []
     for i, f in enumerate(stage_files):
-        overrides += [f"--stages.{i}.data_file", f, f"--stages.{i}.difficulties", "null"]
+        overrides += [f"--stages.{i}.data_file", f, f"--stages.{i}.difficulties", "null"]  # the file sets them
     if eval_file:
         overrides += ["--eval.data_file", eval_file]
     return load_config(GRPOJobConfig, TINY, overrides)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.grpo_data import PromptCursor, read_jsonl_problems
+from services.grpo_data import PromptCursor, read_problems
 from services.grpo_report import batch_metrics, evaluation_metrics, format_step_line
 
 
@@ -15,18 +15,18 @@ def _sample(reward, correct, n_tokens, finish="stop"):
             "finish_reason": finish}
 
 
-def test_read_jsonl_problems(tmp_path):
+def test_read_problems(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n\n" + json.dumps({"question": "q", "answer": 3}) + "\n")
-    probs = read_jsonl_problems(f)
+    probs = read_problems(f)
     assert [(p.question, p.answer) for p in probs] == [("1+1?", "2"), ("q", "3")]
 
 
-def test_read_jsonl_problems_names_the_bad_line(tmp_path):
+def test_read_problems_names_the_bad_line(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"question": "ok", "answer": "1"}) + "\n" + json.dumps({"question": "no answer"}) + "\n")
     with pytest.raises(ValueError, match=r"p\.jsonl:2"):
-        read_jsonl_problems(f)
+        read_problems(f)
 
 
 def test_prompt_cursor_cycles_with_fresh_ids_and_resumes():

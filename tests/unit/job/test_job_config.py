@@ -52,9 +52,11 @@ def test_dotted_override_of_a_stage_field():
 def test_stage_needs_exactly_one_data_source():
     with pytest.raises(ValueError, match="exactly one"):
         StageConfig(difficulties=[1], data_file="x.jsonl")
-    with pytest.raises(ValueError, match="exactly one"):
-        StageConfig(difficulties=None)
-    assert StageConfig(difficulties=None, data_file="x.jsonl").data_file == "x.jsonl"
+    assert StageConfig().difficulties == [1]  # neither: the synthetic level 1
+    assert StageConfig(difficulties=None).difficulties == [1]
+    only_file = StageConfig(data_file="x.jsonl")  # no need to null the default levels
+    assert (only_file.data_file, only_file.difficulties) == ("x.jsonl", None)
+    assert StageConfig.model_validate(only_file.model_dump()) == only_file  # the job's config.json loads again
 
 
 def test_overlong_penalty_follows_the_stage_length():

@@ -14,7 +14,7 @@ from rollout.engine import CompletionDecoder, sampled_logprobs
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from rollout.tiny_checkpoint import build_tokenizer
+    from tests.fixtures.tiny_checkpoint import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
