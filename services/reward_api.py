@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, create_model
 
 from rewards.config import Extraction
 
@@ -27,6 +27,16 @@ def _valid_unicode(value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("contains a lone surrogate (not valid Unicode text)") from None
     return value
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be an integer (not a boolean or a string)")
+    return value
+
+
+Count = Annotated[int, Field(ge=0, le=MAX_INT32), Strict(False), BeforeValidator(_json_integer)]  # constraints first: in the schema
+"""A non-negative int32, as JSON Schema means an integer: ``3`` and ``3.0`` are, ``true`` and ``"3"`` are not."""
 
 
 class RequestError(ValueError):
@@ -50,9 +60,9 @@ class VerifyOptionsIn(BaseModel):
     """Take the last number when no marked answer is found (``marked`` extraction only)."""
     format_reward: bool | None = None
     """Add the format reward part (1 when the answer is marked)."""
-    max_response_tokens: int | None = Field(None, ge=0, le=MAX_INT32)
+    max_response_tokens: Count | None = None
     """DAPO L_max; 0 turns the overlong penalty off."""
-    overlong_buffer_tokens: int | None = Field(None, ge=0, le=MAX_INT32)
+    overlong_buffer_tokens: Count | None = None
     """DAPO L_cache, the soft-penalty band below L_max; a band wider than L_max is clamped to L_max."""
     extraction: Extraction | None = None
     """Where the answer is read: ``marked`` (boxed, answer lines, ``####``), ``lenient`` (the whole
@@ -143,7 +153,7 @@ def api_models(max_batch_items: int, max_item_chars: int, max_timeout_s: float) 
             Field("", description="Caller's id, echoed in the verdict.")),
         completion=(text, Field(description=f"Model output (at most {max_item_chars} characters).")),
         gold=(text, Field(description=f"Reference answer (at most {max_item_chars} characters).")),
-        response_tokens=(int | None, Field(None, ge=0, le=MAX_INT32,
+        response_tokens=(Count | None, Field(None,
                                            description="Response length in tokens (for the overlong penalty).")),
     )
     options = create_model(

@@ -32,6 +32,8 @@ log = logging.getLogger("flywheel.reward_server")
 SERVICE = "flywheel.reward.v1.RewardService"
 HEALTH_THREADS = 2
 """gRPC threads kept free of verify calls, so health checks always answer."""
+STREAM_WINDOW = 32
+"""Items of one stream being verified at once (the stream reads no further until one is answered)."""
 _OPTION_FIELDS = ("timeout_s", "last_number_fallback", "format_reward", "max_response_tokens",
                   "overlong_buffer_tokens", "extraction")
 _CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -108,19 +110,26 @@ class RewardServicer:
         rid = uuid.uuid4().hex[:16]
         self._enter(context, rid)
         try:
-            yield from self._stream(raw_iterator, context, rid)
+            try:
+                self.service.open_stream()
+            except RequestError as e:
+                self._refuse(context, e, rid)
+            try:
+                yield from self._stream(raw_iterator, context, rid)
+            finally:
+                self.service.close_stream()
         finally:
             self.calls.release()
 
     def _stream(self, raw_iterator, context, rid: str):
         results: queue.Queue = queue.Queue()
-        pending = threading.Semaphore(64)  # bound the work in flight per stream
+        pending = threading.Semaphore(STREAM_WINDOW)
         models = self.service.models
 
         def work(raw: bytes, k: int) -> None:
             try:
                 item = _item(_decode(reward_pb2.VerifyItem, raw, f"stream item {k}"))
-                results.put(self.service.verify(parse_request(models, {"items": [item]}))[0])
+                results.put(self.service.verify(parse_request(models, {"items": [item]}), in_stream=True)[0])
             except RequestError as e:
                 results.put(e)
             except Exception as e:  # noqa: BLE001 - a bug: logged with the id, the stream ends with INTERNAL

@@ -226,38 +226,48 @@ class RewardService:
             update["overlong_buffer_tokens"] = limit  # documented: a band wider than L_max is clamped to it
         return base.model_copy(update=update)
 
-    def admit(self, n_items: int) -> None:
-        """Count a request in, or refuse it (``busy``) when the service is full or shutting down."""
+    def admit(self, n_items: int, requests: int = 1) -> None:
+        """Count a request (``requests=0``: an item of an admitted stream) in, or refuse it (``busy``) when the
+        service is full or shutting down."""
         with self._admit:
             if self.draining:
                 raise RequestError("the server is shutting down; retry on another replica", "busy")
-            if self._requests >= self.cfg.max_concurrent_requests:
+            if requests and self._requests >= self.cfg.max_concurrent_requests:
                 raise RequestError(f"the server is busy ({self._requests} requests in flight); retry shortly", "busy")
             if self._items and self._items + n_items > self.cfg.max_pending_items:
                 raise RequestError(f"the server is busy ({self._items} items pending); retry shortly", "busy")
-            self._requests += 1
+            self._requests += requests
             self._items += n_items
 
-    def release(self, n_items: int) -> None:
+    def release(self, n_items: int, requests: int = 1) -> None:
         with self._admit:
-            self._requests -= 1
+            self._requests -= requests
             self._items -= n_items
 
     def deadline_s(self, cfg: RewardConfig) -> float:
         return self.cfg.request_timeout_s or cfg.verify.timeout_s + self.cfg.request_slack_s
 
-    def verify(self, request: BaseModel, budget_s: float | None = None) -> list[dict[str, Any]]:
+    def verify(self, request: BaseModel, budget_s: float | None = None, in_stream: bool = False) -> list[dict[str, Any]]:
         """One result dict per item of a validated request (``id, correct, status, extracted, reason, reward,
-        parts, latency_ms, cached``). ``budget_s``: the caller's own deadline (gRPC), if shorter."""
+        parts, latency_ms, cached``). ``budget_s``: the caller's own deadline (gRPC), if shorter. ``in_stream``:
+        an item of a gRPC stream, whose stream was admitted as the request."""
         items = [it.model_dump() for it in request.items]  # type: ignore[attr-defined]
         cfg = self.reward_config(request.options)  # type: ignore[attr-defined]
         deadline_s = self.deadline_s(cfg) if budget_s is None else min(self.deadline_s(cfg), budget_s)
-        self.admit(len(items))
+        requests = 0 if in_stream else 1
+        self.admit(len(items), requests)
         try:
             with self.metrics.in_flight.track_inprogress():
                 return self._verify(items, cfg, time.monotonic() + deadline_s)
         finally:
-            self.release(len(items))
+            self.release(len(items), requests)
+
+    def open_stream(self) -> None:
+        """Admit a gRPC stream as one request (its items are admitted with ``in_stream``); pair with close_stream."""
+        self.admit(0)
+
+    def close_stream(self) -> None:
+        self.release(0)
 
     def _verify(self, items: list[dict[str, Any]], cfg: RewardConfig, deadline: float) -> list[dict[str, Any]]:
         from rewards.verifier import VERIFIER_VERSION
