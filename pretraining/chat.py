@@ -126,6 +126,10 @@ def _assistant_spans(tokenizer, messages: list[dict], full: str, only_last: bool
         turns = turns[-1:]
     spans = []
     for i in turns:
+        tail = str(messages[i].get("content") or "").strip()[-16:]
+        if tail and tail not in full:
+            raise ChatTemplateError(f"{_where(tokenizer)}: the chat template has no assistant turn: it does not "
+                                    f"render assistant message {i}'s text")
         prefix = render(tokenizer, messages[:i], True) if i else ""
         if not full.startswith(prefix):
             raise ChatTemplateError(
@@ -142,7 +146,6 @@ def _assistant_spans(tokenizer, messages: list[dict], full: str, only_last: bool
         else:
             raise ChatTemplateError(f"{_where(tokenizer)}: assistant turn {i} is not closed by an end-of-turn token "
                                     f"({', '.join(stops)}: the tokenizer's eos and generation_config.json)")
-        tail = str(messages[i].get("content") or "").strip()[-16:]
         if tail and tail not in full[start:end]:
             raise ChatTemplateError(f"{_where(tokenizer)}: the chat template has no assistant turn: assistant message "
                                     f"{i}'s text does not appear after its generation prompt")
