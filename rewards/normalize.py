@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from functools import lru_cache
 
 _UNIT_WORDS = (
     "cm|mm|km|m|meters?|metres?|centimeters?|kilometers?|inch(?:es)?|in|ft|feet|foot|yards?|miles?|"
@@ -35,7 +36,12 @@ _DROP = [r"\left", r"\right", r"\displaystyle", r"\bigl", r"\bigr", r"\Bigl", r"
 def normalize(answer: str) -> str:
     """Canonical string form of an answer: the cheapest equality test, and the parsers' input.
 
-    Whitespace runs are collapsed first, so no later pattern sees a run longer than one character."""
+    Whitespace runs are collapsed first, so no later pattern sees a run longer than one character.
+    Short answers are memoised (the fast path looks at each side several times)."""
+    return _normalize_cached(answer) if len(answer) <= 500 else _normalize(answer)
+
+
+def _normalize(answer: str) -> str:
     s = _SPACES.sub(" ", answer).strip()
     if s.startswith("$") and s.endswith("$"):
         s = s.strip("$")
@@ -65,6 +71,9 @@ def normalize(answer: str) -> str:
     if stripped and stripped != s and re.search(r"\d", stripped):
         s = stripped
     return s
+
+
+_normalize_cached = lru_cache(maxsize=4096)(_normalize)
 
 
 # ---------------------------------------------------------------- exact rationals (fast path)
