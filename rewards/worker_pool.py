@@ -198,12 +198,14 @@ class WorkerPool:
         return [r if r is not None else _failed("not run") for r in job.results]
 
     def state(self) -> dict:
-        """``ready`` workers of ``size``, ``restarts``, ``timeouts``, and ``error`` (None when the pool can serve)."""
+        """``ready`` workers of ``size`` (``busy`` of them running an item), ``restarts``, ``timeouts``, and
+        ``error`` (None when the pool can serve)."""
         error = self.dispatcher_error or ("closed" if self._closed else None)
         if error is None and self._ready == 0 and self.start_error:
             error = f"no verifier worker is running: {self.start_error}"
-        return {"ready": self._ready, "size": self.size, "restarts": self.restarts, "timeouts": self.timeouts,
-                "error": error}
+        busy = sum(w.job is not None for w in list(self._workers.values()))
+        return {"ready": self._ready, "busy": busy, "size": self.size, "restarts": self.restarts,
+                "timeouts": self.timeouts, "error": error}
 
     def close(self) -> None:
         with self._lock:

@@ -191,3 +191,68 @@ def test_without_redis_then_graceful_shutdown():
     assert code == 0
     assert result["r"].status_code == 200
     assert [v["status"] for v in result["r"].json()["verdicts"]] == ["timeout", "correct", "correct"]
+
+
+def test_extraction_mode_per_request_and_in_the_cache_key(reward_server, stub):
+    items = [{"id": "x", "completion": "7/14", "gold": "\\frac{1}{2}"}]  # no marker: only `answer` reads it
+    marked = http_verify(reward_server, items, {"extraction": "marked"}).json()["verdicts"][0]
+    answer = http_verify(reward_server, items, {"extraction": "answer"}).json()["verdicts"][0]
+    again = http_verify(reward_server, items, {"extraction": "answer"}).json()["verdicts"][0]
+    assert (marked["status"], answer["status"], again["status"]) == ("no_answer", "correct", "correct")
+    assert not answer["cached"] and again["cached"]  # a separate cache entry per extraction mode
+    s, _ = stub
+    resp = s.Verify(reward_pb2.VerifyRequest(items=grpc_items(items), options=reward_pb2.VerifyOptions(
+        extraction="answer")), metadata=GRPC_AUTH)
+    assert resp.verdicts[0].status == "correct"
+    spec = httpx.get(f"{reward_server['http']}/openapi.json").json()
+    assert spec["components"]["schemas"]["VerifyOptionsIn"]["properties"]["extraction"]["anyOf"][0]["enum"] == \
+        ["marked", "lenient", "answer"]
+
+
+def test_extraction_runs_under_the_time_limit_and_healthz_never_waits(reward_server):
+    """The issue's request (a marker, ~99,000 spaces, more text) runs in a worker: its latency is measured,
+    and /healthz answers while a request that holds every worker until its time limit is in flight."""
+    bomb = [{"id": "ws", "completion": "Answer: a" + " " * 99_000 + "b", "gold": "1"}]
+    wide = {**reward_server, "http": reward_server["http"]}
+    r = httpx.post(f"{wide['http']}/v1/verify", json={"items": bomb}, headers=AUTH, timeout=60)
+    if r.status_code == 413:  # the fixture's body limit is small; the hostile suite sends this at full size
+        bomb[0]["completion"] = "Answer: a" + " " * 4_900 + "b"
+        r = http_verify(reward_server, bomb)
+    v = r.json()["verdicts"][0]
+    assert v["status"] in ("wrong", "no_answer", "timeout") and v["latency_ms"] > 0
+    result = {}
+    slow = [{"id": f"slow{i}", "completion": SLOW, "gold": "1"} for i in range(2)]
+    t = threading.Thread(target=lambda: result.setdefault("r", http_verify(reward_server, slow, {"timeout_s": 8.0})))
+    t.start()
+    while "reward_requests_in_flight 1.0" not in httpx.get(f"{reward_server['http']}/metrics").text:
+        time.sleep(0.05)
+    health = httpx.get(f"{reward_server['http']}/healthz", timeout=60)
+    still_running = t.is_alive()
+    t.join(timeout=120)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert still_running  # answered while both workers were held by the slow items
+    assert [v["status"] for v in result["r"].json()["verdicts"]] == ["timeout", "timeout"]
+
+
+def test_request_deadline_answers_the_rest_with_timeout(reward_server, stub):
+    """Six items that each run to a 2 s limit on two workers would take 6 s; the request's deadline (limit +
+    3 s of slack) answers what is left with `timeout` instead of making every client wait."""
+    items = [{"id": f"d{i}", "completion": SLOW, "gold": "1"} for i in range(6)]
+    verdicts = http_verify(reward_server, items, {"timeout_s": 2.0}).json()["verdicts"]
+    assert [v["status"] for v in verdicts] == ["timeout"] * 6
+    assert any("deadline" in v["reason"] for v in verdicts)
+    s, _ = stub
+    with pytest.raises(grpc.RpcError) as e:  # a client deadline shorter than the server's is honoured too
+        s.Verify(reward_pb2.VerifyRequest(items=grpc_items(items)), metadata=GRPC_AUTH, timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_errors_carry_a_request_id_and_no_internals(reward_server):
+    body = b'{"items": [{"completion": "x", "gold": "1"}], "options": {"overlong_buffer_tokens": false, "timeout_s": 1e999}}'
+    r = httpx.post(f"{reward_server['http']}/v1/verify", content=body, timeout=30,
+                   headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert {e["field"] for e in body["errors"]} == {"options.overlong_buffer_tokens", "options.timeout_s"}
+    assert "wrong_reward" not in r.text and "max_completion_chars" not in r.text
