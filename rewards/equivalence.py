@@ -139,19 +139,20 @@ def parse_answer(raw: str, cfg: VerifyConfig, lowercase_choice: bool = False) ->
 
 
 def _equation(sides: list[str], s: str, cfg: VerifyConfig) -> Answer:
-    """``x = 3`` (an assignment: name ``x``), ``m+n = 73`` / ``6/2 = 3`` (a stated value), ``y = 2x+1``."""
+    """``x = 3`` / ``x = \\frac{-b}{2a} = -\\frac32`` (an assignment: name ``x``, value the last side),
+    ``6/2 = 3`` (a numeric chain: value 3), else an equation (``y^2 = 4x``, ``m+n = 73``, ``7 = 11a+c``)."""
     if not all(sides):
         raise ParseError("empty side of an equation")
     parsed = [_scalar(x, cfg) for x in sides]
     identity = len({x.replace(" ", "") for x in sides}) == 1  # "x = x", "0 = 0" state nothing
-    name = sides[0].replace(" ", "") if len(sides) == 2 and _NAME.match(sides[0]) and not identity else None
-    number = None
-    if not _has_letters(sides[-1]):
-        numeric = [p for x, p in zip(sides, parsed) if not _has_letters(x)]
-        consistent = all(scalars_equal(numeric[-1], p, cfg) for p in numeric[:-1])
-        if not identity and consistent and not (_has_letters(sides[0])
-                                                   and _random_points_equal(parsed[0].expr, parsed[-1].expr, cfg)):
-            number = parsed[-1]  # (not "x - x = 0": an identity in its variables states no value)
+    name = number = None
+    if not identity and _NAME.match(sides[0]):
+        lhs = parsed[0].expr
+        if not (lhs.is_Symbol and lhs in parsed[-1].expr.free_symbols):  # "x = 2x - x" assigns nothing
+            name = sides[0].replace(" ", "")
+    if not identity and not any(_has_letters(x) for x in sides):
+        if all(scalars_equal(parsed[-1], p, cfg) for p in parsed[:-1]):
+            number = parsed[-1]
     return Answer("equation", (parsed[0], parsed[-1]), s, name=name, number=number)
 
 
@@ -341,15 +342,12 @@ def _equation_diff(eq: tuple[Parsed, Parsed]) -> sympy.Expr:
 
 
 def _equation_vs_value(eq: Answer, value: Answer, cfg: VerifyConfig) -> bool:
-    """``x = 3`` / ``f(x) = x^2`` vs ``3`` / ``x^2`` (an assignment's value), ``m+n = 73`` vs ``73``;
-    never ``7 = 11a+c`` vs ``11a+c`` (an equation is not one of its sides) nor ``0 = 0`` vs ``0``."""
+    """``x = 3`` / ``f(x) = x^2`` vs ``3`` / ``x^2`` (an assignment's value), ``6/2 = 3`` vs ``3``; never
+    ``7 = 11a+c`` vs ``11a+c`` or ``m+n = 73`` vs ``73`` (an equation is not one of its sides), nor ``0 = 0``."""
     if value.kind != "scalar":
         return False
-    if eq.name is not None:
-        return scalars_equal(eq.value[1], value.value, cfg) if value.kind == "scalar" else False
-    if eq.number is not None and not value.value.expr.free_symbols:
-        return scalars_equal(eq.number, value.value, cfg)
-    return False
+    stated = eq.value[1] if eq.name is not None else eq.number
+    return stated is not None and scalars_equal(stated, value.value, cfg)
 
 
 def answers_equal(gold: Answer, pred: Answer, cfg: VerifyConfig) -> bool:

@@ -87,7 +87,7 @@ def test_golds_as_users_have_them(gold, pred):
     ("x", "x+(\\sqrt{2}+\\sqrt{3}-\\sqrt{5+2\\sqrt{6}})+10^{-200}"),
     ("\\pi", "\\pi+10^{-50}"), ("\\pi", "\\pi-10^{-500}"), ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}+10^{-300}"),
     ("[1,2]", "(1,2)"), ("(1,2)", "[1,2]"), ("[1,2)", "(1,2]"), ("0", "0=0"), ("x", "x=x"), ("0", "x-x=0"),
-    ("11a+c", "7=11a+c"), ("7=11a+c", "11a+c"),
+    ("11a+c", "7=11a+c"), ("7=11a+c", "11a+c"), ("73", "m+n=73"), ("x", "x=2x-x"),
     ("2\\pi", "6.28"), ("\\pi", "3.14"), ("3.14", "\\pi"), ("\\frac{1}{3}", "0.333"), ("\\sqrt{2}", "1.4142"),
     ("100", "99.99999"), ("3", "3 or 4"), ("3", "\\pm 3"), ("A", "(A) or (B)"), ("5", "x"),
 ])
@@ -99,7 +99,7 @@ def test_crafted_wrong_answers_are_wrong(gold, pred):
 @pytest.mark.parametrize("gold,pred", [
     ("\\pi", "3.14159265"), ("2\\pi", "6.2831853"), ("\\frac{1}{7}", "0.142857142857"),
     ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}"), ("\\cos 2x", "\\cos^2 x-\\sin^2 x"), ("(n-1)!", "\\frac{n!}{n}"),
-    ("m+n", "n+m"), ("73", "m+n=73"), ("3", "\\frac{6}{2}=3"), ("f(x)=x^2", "x^2"), ("\\frac{22}{7}", "\\frac{22}{7}\\approx 3.14"),
+    ("m+n", "n+m"), ("-\\frac32", "x=\\frac{-b}{2a}=-\\frac{3}{2}"), ("3", "\\frac{6}{2}=3"), ("f(x)=x^2", "x^2"), ("\\frac{22}{7}", "\\frac{22}{7}\\approx 3.14"),
 ])
 def test_equal_answers_still_verify(gold, pred):
     assert verify(f"\\boxed{{{pred}}}", gold, MARKED).correct

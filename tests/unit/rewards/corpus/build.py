@@ -220,7 +220,8 @@ def aime() -> list[dict]:
         out.append(rec("aime", f"Hence $m+n = {bad}$.", gold, bad, F, "last math expression, wrong value"))
     out += [
         rec("aime", "Therefore $m+n=\\boxed{073}$.", "073", "073", T, "zero-padded gold"),
-        rec("aime", "Therefore $m + n = 73$.", "73", "m + n = 73", T, "assignment to an expression name"),
+        rec("aime", "Therefore $m + n = 73$.", "73", "m + n = 73", F,
+            "an equation is not one of its sides: m + n = 73 states a relation, the value asked is 73"),
         rec("aime", "The number of paths is $\\boxed{1000}$, so mod 1000 it is $\\boxed{0}$.", "0", None, F,
             "two different boxed candidates in the final answer"),
         rec("aime", "The answer is $\\boxed{0}$.", "0", "0", T, "zero"),
