@@ -2,6 +2,7 @@
 
     from rewards import verify, score
     verify(r"... so the answer is \\boxed{\\frac{1}{2}}", "0.5").correct      # True
+    verify("... so she has $x = 4$ apples.", "4", VerifyConfig(extraction="lenient")).correct  # True
     score(completion, gold, response_tokens=900, config=RewardConfig(max_response_tokens=1024,
           overlong_buffer_tokens=256)).total
 
@@ -9,11 +10,11 @@
 """
 
 from rewards.config import RewardConfig, VerifyConfig
-from rewards.extract import extract_answer, find_answer
+from rewards.extract import extract_answer, find_answer, gold_answer
 from rewards.shaping import Reward, overlong_penalty, score, score_batch
 from rewards.verifier import STATUSES, VERIFIER_VERSION, Verdict, verify, verify_batch
 
 __all__ = [
     "STATUSES", "VERIFIER_VERSION", "Reward", "RewardConfig", "Verdict", "VerifyConfig", "extract_answer",
-    "find_answer", "overlong_penalty", "score", "score_batch", "verify", "verify_batch",
+    "find_answer", "gold_answer", "overlong_penalty", "score", "score_batch", "verify", "verify_batch",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
 from rewards.config import VerifyConfig
@@ -93,55 +93,53 @@ def _item(item: object) -> tuple[str, str]:
     return completion, gold
 
 
+def _in_process(completion: object, gold: object, cfg: VerifyConfig) -> Verdict | tuple[str, str, str]:
+    """The verdict when caps, extraction or the fast path decide it, else ``(gold, answer, source)`` for the pool."""
+    if not isinstance(completion, str) or not isinstance(gold, str):
+        return Verdict(False, "error", None, "completion and gold must be strings")
+    if len(completion) > cfg.max_completion_chars:
+        return Verdict(False, "error", None, f"completion of {len(completion)} chars exceeds max_completion_chars="
+                                             f"{cfg.max_completion_chars}")
+    if len(gold) <= cfg.max_completion_chars:
+        gold = gold_answer(gold)
+    if not gold or len(gold) > cfg.max_answer_chars:
+        return Verdict(False, "unparsable_gold", None, "gold answer is empty" if not gold else
+                       f"gold answer longer than max_answer_chars={cfg.max_answer_chars}")
+    found = find_answer(completion, cfg.last_number_fallback, cfg.extraction)
+    if found.answer is None:
+        return Verdict(False, "no_answer", None, "no final answer found", found.source)
+    if len(found.answer) > cfg.max_answer_chars:
+        return Verdict(False, "wrong", found.answer[:200], "answer longer than max_answer_chars", found.source)
+    fast = _fast_path(gold, found.answer, cfg)
+    if fast is not None:
+        equal, reason = fast
+        return Verdict(equal, "correct" if equal else "wrong", found.answer, reason, found.source)
+    return gold, found.answer, found.source
+
+
 def verify_batch(items: Iterable[object], config: VerifyConfig | None = None) -> list[Verdict]:
     """Verify ``(completion, gold)`` pairs (tuples or dicts); parallel across worker processes, in order."""
     cfg = config or VerifyConfig()
     t0 = time.perf_counter()
     verdicts: list[Verdict | None] = []
-    slow: list[tuple[int, str | None, str, dict]] = []
+    slow: list[tuple[int, str, str, str]] = []
     for completion, gold in map(_item, items):
-        i = len(verdicts)
         t_item = time.perf_counter()
-        if not isinstance(completion, str) or not isinstance(gold, str):
-            verdicts.append(Verdict(False, "error", None, "completion and gold must be strings"))
-            continue
-        if len(completion) > cfg.max_completion_chars:
-            verdicts.append(Verdict(False, "error", None,
-                                    f"completion of {len(completion)} chars exceeds max_completion_chars="
-                                    f"{cfg.max_completion_chars}"))
-            continue
-        if len(gold) <= cfg.max_completion_chars:
-            gold = gold_answer(gold)
-        if not gold or len(gold) > cfg.max_answer_chars:
-            verdicts.append(Verdict(False, "unparsable_gold", None,
-                                    "gold answer is empty" if not gold else
-                                    f"gold answer longer than max_answer_chars={cfg.max_answer_chars}"))
-            continue
-        found = find_answer(completion, cfg.last_number_fallback, cfg.extraction)
-        if found.answer is None:
-            verdicts.append(Verdict(False, "no_answer", None, "no final answer found", found.source))
-            continue
-        if len(found.answer) > cfg.max_answer_chars:
-            verdicts.append(Verdict(False, "wrong", found.answer[:200], "answer longer than max_answer_chars",
-                                    found.source))
-            continue
-        fast = _fast_path(gold, found.answer, cfg)
-        if fast is not None:
-            equal, reason = fast
-            verdicts.append(Verdict(equal, "correct" if equal else "wrong", found.answer, reason, found.source,
-                                    (time.perf_counter() - t_item) * 1e3))
-            continue
-        verdicts.append(None)
-        slow.append((i, found.answer, gold, {"source": found.source}))
+        decided = _in_process(completion, gold, cfg)
+        if isinstance(decided, Verdict):
+            verdicts.append(replace(decided, latency_ms=(time.perf_counter() - t_item) * 1e3))
+        else:
+            slow.append((len(verdicts), *decided))
+            verdicts.append(None)
     if slow:
         key = _config_key(cfg)
         tasks = [{"gold": gold, "pred": pred, "config": cfg.model_dump(), "config_key": key}
-                 for _, pred, gold, _ in slow]
+                 for _, gold, pred, _ in slow]
         pool = shared_pool(cfg.num_workers)
         results = pool.run(tasks, cfg.timeout_s)
         elapsed = (time.perf_counter() - t0) * 1e3
-        for (i, pred, _, meta), r in zip(slow, results):
-            verdicts[i] = Verdict(bool(r["equal"]), r["status"], pred, r["reason"], meta["source"], elapsed)
+        for (i, _, pred, source), r in zip(slow, results):
+            verdicts[i] = Verdict(bool(r["equal"]), r["status"], pred, r["reason"], source, elapsed)
     return verdicts  # type: ignore[return-value]
 
 
