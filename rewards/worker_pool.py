@@ -5,12 +5,15 @@ and sympy: the caller is never forked (safe from any thread, inside uvicorn, gRP
 actors), and a replacement worker is a ~10 ms fork instead of a ~1 s interpreter start.
 
 One dispatcher thread owns the workers. ``run(tasks, timeout_s, deadline)`` hands it a *job* and
-waits; the dispatcher gives each free worker the next task of the next job in turn (round robin
-across jobs), so a caller with many or slow items never starves the others. It waits on the
-workers' pipes with ``select``; an item past its time limit (or past its job's deadline) is
-answered ``timeout``, its worker killed (SIGKILL to that one process, never a signal handler in the
-caller) and replaced at once. Tasks a job could not start before its deadline get ``timeout``
-without running. Thread-safe; one pool per process (``shared_pool``). Inside a worker process
+waits. Each free worker takes the next task of the job that has used the least worker time so far
+(least attained service; ties go round robin), so a caller with many or slow items never starves
+the others: a fresh request overtakes one whose items already ran into their limit. Items cannot be
+preempted, so while items run longer than ``SLOW_ITEM_S`` and work waits, the pool starts up to
+``burst`` extra workers (retired when idle again): a few slow items never hold every worker. The
+dispatcher waits on the workers' pipes with ``select``; an item past its time limit (or past its
+job's deadline) is answered ``timeout``, its worker killed (SIGKILL to that one process, never a
+signal handler in the caller) and replaced at once. Tasks a job could not start before its deadline
+get ``timeout`` without running. Thread-safe; one pool per process (``shared_pool``). Inside a worker process
 ``shared_pool`` returns an :class:`InlinePool` instead, so code that calls the verifier there (a
 whole item scored under one limit) runs in place.
 """
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0
 """How long a new worker may take to say it is ready."""
+SLOW_ITEM_S = 0.25
+"""An item running longer than this counts as slow: while one runs and work waits, a burst worker may start."""
 
 
 def _context():
@@ -84,11 +89,15 @@ class _Job:
         self.results: list[dict | None] = [None] * len(tasks)
         self.pending = deque(range(len(tasks)))
         self.inflight = 0
+        self.attained = 0.0
+        """Worker seconds its finished items used (the scheduler serves the least first)."""
+        self.dispatched = 0
         self.done = threading.Event()
 
     def settle(self, idx: int, result: dict) -> None:
         self.results[idx] = result
         self.inflight -= 1
+        self.attained += result.get("elapsed_ms", 0.0) / 1e3
         self.check_done()
 
     def check_done(self) -> None:
@@ -138,8 +147,10 @@ class _Worker:
 class WorkerPool:
     """``run(tasks, timeout_s, deadline)`` -> one result dict per task, in order (``status`` is always set)."""
 
-    def __init__(self, num_workers: int = 2):
+    def __init__(self, num_workers: int = 2, burst: int | None = None):
         self.size = num_workers
+        self.burst = num_workers if burst is None else burst
+        """Extra workers allowed while slow items run and work waits (None: as many as ``num_workers``)."""
         self.restarts = 0
         """Workers killed (time limit) or died, and replaced."""
         self.timeouts = 0
@@ -164,6 +175,7 @@ class WorkerPool:
     def resize(self, num_workers: int) -> None:
         with self._lock:
             self.size = max(self.size, num_workers)
+            self.burst = max(self.burst, num_workers)
         self._wake()
 
     def warm_up(self, wait: bool = False) -> float:
@@ -265,9 +277,20 @@ class WorkerPool:
                 job.pending.clear()
                 job.done.set()
 
+    def _target(self, now: float) -> int:
+        """Workers wanted now: ``size``, plus one per slow item running (up to ``burst``) while work waits."""
+        if not any(j.pending for j in self._rotation):
+            return self.size
+        slow = sum(1 for w in self._workers.values() if w.job is not None and now - w.sent > SLOW_ITEM_S)
+        return self.size + min(slow, self.burst)
+
     def _top_up(self) -> None:
         now = time.monotonic()
-        while len(self._workers) < self.size and now >= self._next_start:
+        target = self._target(now)
+        spare = max(0, len(self._workers) - target)
+        for w in [w for w in self._workers.values() if w.ready and w.job is None][:spare]:
+            self._retire(w)  # a burst worker nobody needs any more
+        while len(self._workers) < target and now >= self._next_start:
             try:
                 w = _Worker()
             except Exception as e:  # noqa: BLE001 - e.g. the forkserver cannot start: retry, say so in state()
@@ -285,6 +308,11 @@ class WorkerPool:
                 job.results[job.pending.popleft()] = _failed(reason)
             job.check_done()
         self._rotation.clear()
+
+    def _retire(self, w: _Worker) -> None:
+        self._workers.pop(w.fd, None)
+        self._ready -= 1
+        w.kill()
 
     def _replace(self, w: _Worker, why: str) -> None:
         self._workers.pop(w.fd, None)
@@ -320,12 +348,14 @@ class WorkerPool:
     def _assign(self, now: float) -> None:
         idle = [w for w in self._workers.values() if w.ready and w.job is None]
         while idle and self._rotation:
-            job = self._rotation.popleft()
+            job = min(self._rotation, key=lambda j: (j.attained, j.dispatched))  # least attained service first
+            self._rotation.remove(job)
             if not job.pending:
                 continue
             idx = job.pending.popleft()
             w = idle.pop()
             job.inflight += 1
+            job.dispatched += 1
             try:
                 w.conn.send(job.tasks[idx])
             except (BrokenPipeError, OSError, ValueError):
@@ -337,13 +367,16 @@ class WorkerPool:
                 if job.deadline is not None:
                     w.deadline = min(w.deadline, job.deadline)
             if job.pending:
-                self._rotation.append(job)  # to the back: the next free worker goes to the next job
+                self._rotation.append(job)
 
     def _wait(self, now: float) -> None:
         deadlines = [w.deadline if w.job is not None else w.started + STARTUP_TIMEOUT_S
                      for w in self._workers.values() if w.job is not None or not w.ready]
         deadlines += [j.deadline for j in self._rotation if j.deadline is not None and j.pending]
-        if len(self._workers) < self.size:
+        if any(j.pending for j in self._rotation):  # wake when a running item turns slow (a burst worker may start)
+            deadlines += [w.sent + SLOW_ITEM_S for w in self._workers.values()
+                          if w.job is not None and now - w.sent <= SLOW_ITEM_S]
+        if len(self._workers) < self._target(now):
             deadlines.append(self._next_start)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         readable, _, _ = select.select([self._wake_r, *self._workers], [], [], timeout)
