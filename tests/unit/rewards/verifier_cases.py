@@ -1,4 +1,4 @@
-"""Labelled verifier cases: (gold, answer, expected, form). Read by the unit tests and bench/verifier.py.
+"""Labelled verifier cases: (gold, answer, expected, form). Read by the unit tests (the benchmark uses the corpus in corpus/).
 
 A decimal matches an irrational or non-terminating gold only within ``VerifyConfig.rel_tol`` (1e-6),
 so ``0.333`` for ``1/3`` and ``1.4142`` for ``\\sqrt{2}`` are wrong. ``answer`` is wrapped into a completion by ``completion_for`` with one of several answer markers
