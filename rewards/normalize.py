@@ -27,6 +27,10 @@ _TRAILING_UNIT = re.compile(r"(?<=[\d}\s])(?:\s*\b(?:" + _UNIT_WORDS + r")\b\.?(
 _TEXT_WRAP = re.compile(r"\\(?:text|textnormal|mbox|mathrm|textbf|textit|mathbf|operatorname)\s*\{([^{}]*)\}")
 _PERCENT_WORD = re.compile(r"(?<=[\d\s])(?:percent|pct)\.?$", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
+_RELATIONS = {"\\leq": "<=", "\\le": "<=", "≤": "<=", "\\geq": ">=", "\\ge": ">=", "≥": ">=", "\\neq": "!=",
+              "\\ne": "!=", "≠": "!=", "\\lt": "<", "\\gt": ">"}
+_RELATION_SPACING = re.compile(r" ?(<=|>=|!=|<|>) ?")
+_RELATION = re.compile(r"\\(?:leq|geq|neq|le|ge|ne|lt|gt)(?![a-zA-Z])|[≤≥≠]")
 _NUMBER_WORDS = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?%?) (?:(?!(?:and|not|nor|plus|minus|times|than)\b)[a-z]{3,12} ?){1,3}$")
 _DROP = [r"\left", r"\right", r"\displaystyle", r"\bigl", r"\bigr", r"\Bigl", r"\Bigr", r"\big", r"\Big",
          r"\!", r"\,", r"\;", r"\:", r"\quad", r"\qquad", r"\ ", r"\limits", "^\\circ", "^{\\circ}", "°",
@@ -62,6 +66,8 @@ def _normalize(answer: str) -> str:
     for _ in range(3):  # \text{...} wrappers, innermost first
         s = _TEXT_WRAP.sub(r"\1", s)
     s = s.replace("$", "")
+    s = _RELATION.sub(lambda m: _RELATIONS[m.group()], s)  # one spelling per relation: x \\geq 5 == x >= 5
+    s = _RELATION_SPACING.sub(r" \1 ", s)
     s = _SPACES.sub(" ", s).strip()
     s = s.rstrip(".").strip()
     s = _PERCENT_WORD.sub("%", s).strip()
