@@ -75,3 +75,27 @@ def test_junk_never_raises_and_respects_the_time_limit(completion, gold):
     # No tight timing here (shared CI machines stall): this only catches a hang. The measured
     # "time limit + 0.5 s" bound is in bench/verifier.py (pathological inputs, worst latency).
     assert time.monotonic() - t0 < cfg.timeout_s + 30
+
+
+texty = st.lists(st.sampled_from(list("0123456789+-*/^(){}[]\\,.=<>!|$# \n\t:xyeABC%") +
+                                ["\\boxed{", "\\frac", "Answer:", "The answer is", "####", "$$", "\\(",
+                                 "\\)", "\\[", "\\]", "\\text{", "final answer", "\\pm", "\\cup", "\n\n"]),
+                 max_size=60).map("".join)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texty)
+def test_extraction_never_raises_in_any_mode(text):
+    from rewards import find_answer, gold_answer
+
+    for mode in ("marked", "lenient", "answer"):
+        found = find_answer(text, True, mode)
+        assert found.answer is None or isinstance(found.answer, str)
+    assert isinstance(gold_answer(text), str)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texty, junk)
+def test_lenient_junk_gets_a_verdict(completion, gold):
+    v = verify(completion, gold or "1", VerifyConfig(timeout_s=1.0, extraction="lenient"))
+    assert v.status in ("correct", "wrong", "no_answer", "unparsable_gold", "timeout", "error")
