@@ -63,11 +63,11 @@ def main(cfg: RewardServerConfig) -> int:
     if cfg.http_port == 0 and cfg.grpc_port == 0:
         log.error("both http_port and grpc_port are 0: nothing to serve")
         return 2
-    if cfg.auth_token is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s without auth_token: anyone who reaches the port can use the verifier "
-                    "(see docs/security.md)", cfg.host)
     t0 = time.monotonic()
     service = RewardService(cfg)
+    if service.cfg.auth_token is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without a token: anyone who reaches the port can use the verifier "
+                    "(see docs/security.md)", cfg.host)
 
     def begin_drain() -> None:
         service.draining = True  # /readyz 503, gRPC health NOT_SERVING, new verify requests refused

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -70,7 +71,10 @@ class RewardServerConfig(BaseModel):
     cache_ttl_s: int = Field(7 * 86400, ge=1)
     """Lifetime of a cached verdict."""
     auth_token: str | None = None
-    """Bearer token required on both APIs (``Authorization: Bearer <token>``); None = open (see docs/security.md)."""
+    """Bearer token required on both APIs (``Authorization: Bearer <token>``); None = read ``auth_token_env``,
+    and open when that is unset too (see docs/security.md)."""
+    auth_token_env: str | None = "FLYWHEEL_REWARD_TOKEN"
+    """Environment variable holding the token when auth_token is None (keeps it out of files and ``ps``)."""
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     """How long shutdown waits for in-flight requests to finish."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
@@ -191,7 +195,9 @@ class RewardService:
         from rewards.worker_pool import shared_pool
 
         verify_cfg = cfg.reward.verify.model_copy(update={"timeout_s": cfg.timeout_s, "num_workers": cfg.workers})
-        self.cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"verify": verify_cfg})})
+        token = cfg.auth_token or (os.environ.get(cfg.auth_token_env) if cfg.auth_token_env else None) or None
+        self.cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"verify": verify_cfg}),
+                                          "auth_token": token})
         self.models = api_models(cfg.max_batch_items, cfg.max_item_chars, cfg.max_timeout_s)
         self.pool = shared_pool(cfg.workers)
         took = self.pool.warm_up(wait=True)

@@ -23,11 +23,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*overrides: str) -> tuple[subprocess.Popen, int, int]:
+def start_server(*overrides: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, int]:
     http_port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "services.cli", "serve-reward", "--http_port", str(http_port),
            "--grpc_port", str(grpc_port), *overrides]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

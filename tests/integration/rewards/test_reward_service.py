@@ -256,3 +256,16 @@ def test_errors_carry_a_request_id_and_no_internals(reward_server):
     assert body["request_id"] == r.headers["x-request-id"]
     assert {e["field"] for e in body["errors"]} == {"options.overlong_buffer_tokens", "options.timeout_s"}
     assert "wrong_reward" not in r.text and "max_completion_chars" not in r.text
+
+
+def test_token_from_the_environment_guards_verify_but_not_health():
+    proc, http_port, _ = start_server("--grpc_port", "0", env={"FLYWHEEL_REWARD_TOKEN": "from-env"})
+    server = {"http": f"http://127.0.0.1:{http_port}"}
+    try:
+        assert http_verify(server, ITEMS[:1], headers={}).status_code == 401
+        ok = http_verify(server, ITEMS[:1], headers={"Authorization": "Bearer from-env"})
+        assert ok.status_code == 200 and ok.json()["verdicts"][0]["status"] == "correct"
+        assert httpx.get(f"{server['http']}/healthz").status_code == 200
+        assert httpx.get(f"{server['http']}/readyz").status_code == 200
+    finally:
+        assert stop_server(proc) == 0
