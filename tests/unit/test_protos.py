@@ -12,6 +12,8 @@ def test_generated_modules_import():
 
     assert reward_pb2.VerifyRequest(items=[reward_pb2.VerifyItem(id="1", completion="x", gold="1")]).items[0].gold == "1"
     assert hasattr(reward_pb2_grpc, "RewardServiceStub") and hasattr(rollout_pb2_grpc, "RolloutServiceStub")
+    assert not reward_pb2.VerifyOptions().HasField("extraction")  # unset: the server's default mode
+    assert reward_pb2.VerifyOptions(extraction="lenient").extraction == "lenient"
     assert rollout_pb2.SamplingParams(n=4).n == 4
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -268,4 +269,32 @@ def test_token_from_the_environment_guards_verify_but_not_health():
         assert httpx.get(f"{server['http']}/healthz").status_code == 200
         assert httpx.get(f"{server['http']}/readyz").status_code == 200
     finally:
+        assert stop_server(proc) == 0
+
+
+def test_grpc_health_turns_not_serving_when_shutdown_begins():
+    proc, http_port, grpc_port = start_server()
+    server = {"http": f"http://127.0.0.1:{http_port}"}
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+        t = threading.Thread(target=http_verify, args=(server, [{"id": "slow", "completion": SLOW, "gold": "1"}],
+                                                       {"timeout_s": 6.0}, {}))
+        t.start()  # keeps the HTTP side draining for a few seconds after SIGTERM
+        while "reward_requests_in_flight 1.0" not in httpx.get(f"{server['http']}/metrics").text:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        status = None
+        while status != health_pb2.HealthCheckResponse.NOT_SERVING and proc.poll() is None:
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service="flywheel.reward.v1.RewardService"),
+                                      timeout=10).status
+            except grpc.RpcError:
+                break
+            time.sleep(0.1)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        t.join(timeout=60)
+    finally:
+        channel.close()
         assert stop_server(proc) == 0

@@ -66,3 +66,21 @@ def test_job_deadline_answers_unstarted_items_without_running_them(pool):
     ran = pool.restarts - restarts  # each item that started was killed at the deadline
     assert 2 <= ran <= 2 + pool.burst  # the two workers, plus burst workers while slow items ran
     assert sum("before this item could run" in r["reason"] for r in out) == 8 - ran
+
+
+def test_a_pool_that_cannot_start_workers_says_so_and_never_hangs(monkeypatch):
+    """When no worker process can be started (the OS refuses to fork), waiting items are answered with an
+    error and ``state()`` names the cause (the service's health turns 503 / NOT_SERVING on it)."""
+    import rewards.worker_pool as wp
+
+    def refuse():
+        raise OSError("fork refused")
+
+    monkeypatch.setattr(wp, "_Worker", refuse)
+    broken = WorkerPool(1)
+    try:
+        [r] = broken.run([task("\\boxed{1}")], 5.0)
+        assert r["status"] == "error" and "fork refused" in r["reason"]
+        assert "fork refused" in broken.state()["error"]
+    finally:
+        broken.close()
