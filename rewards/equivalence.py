@@ -46,10 +46,13 @@ class Answer:
 _REL = re.compile(r"\\leq|\\geq|\\neq|\\le(?![a-z])|\\ge(?![a-z])|\\ne(?![a-z])|<=|>=|!=|≤|≥|≠|<|>|\\lt|\\gt")
 _REL_MAP = {"\\leq": "<=", "\\le": "<=", "<=": "<=", "≤": "<=", "\\geq": ">=", "\\ge": ">=", ">=": ">=",
             "≥": ">=", "<": "<", "\\lt": "<", ">": ">", "\\gt": ">", "\\neq": "!=", "\\ne": "!=", "!=": "!=", "≠": "!="}
-_NAME = re.compile(r"^(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w{1,8}\}?)?(?:\s?\(\s?[a-z](?:\s?,\s?[a-z]){0,3}\s?\))?$")
+_NAME = re.compile(r"^(?:(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w{1,8}\}?)?(?:\s?\(\s?[a-z0-9.+-]{1,8}(?:\s?,\s?[a-z0-9.+-]{1,8}){0,3}\s?\))?"
+                   r"|(?:m\s?)?\\angle\s?[A-Z]{1,3}|\\overline\{[A-Z]{2}\}|[A-Z]{2})$")
+"""The left side of an assignment: ``x``, ``x_1``, ``\\theta``, ``f(x)``, ``f(2)``, ``\\angle ABC``, ``AB``."""
 _MEMBER = re.compile(r"^[A-Za-z]\s?\\in\s?")
 _APPROX = re.compile(r"\\approx|≈|\\simeq")
 _OR = re.compile(r"\s(?:or|\\lor|\\vee)\s")
+_AND = re.compile(r"\s(?:or|and|\\lor|\\vee)\s")
 
 
 def split_top(text: str, sep: str = ",") -> list[str]:
@@ -130,8 +133,8 @@ def parse_answer(raw: str, cfg: VerifyConfig, lowercase_choice: bool = False) ->
     if _REL.search(s):
         pieces = _OR.split(s)
         return Answer("interval", sympy.Union(*[_inequality(p.strip(), cfg) for p in pieces]), s)
-    if _OR.search(s):  # "x=2 or x=3", "3 or 4": a list of candidates
-        return Answer("list", [parse_answer(p, cfg) for p in _OR.split(s)], s)
+    if _AND.search(s):  # "x=2 or x=3", "3 and 5", "3 or 4": a list of candidates
+        return Answer("list", [parse_answer(p, cfg) for p in _AND.split(s)], s)
     sides = split_top(s, "=")
     if len(sides) >= 2:
         return _equation(sides, s, cfg)
@@ -143,10 +146,17 @@ def _equation(sides: list[str], s: str, cfg: VerifyConfig) -> Answer:
     ``6/2 = 3`` (a numeric chain: value 3), else an equation (``y^2 = 4x``, ``m+n = 73``, ``7 = 11a+c``)."""
     if not all(sides):
         raise ParseError("empty side of an equation")
-    parsed = [_scalar(x, cfg) for x in sides]
+    is_name = _NAME.match(sides[0]) is not None
+    try:
+        lhs = [_scalar(sides[0], cfg)]
+    except ParseError:
+        if not is_name:
+            raise
+        lhs = [Parsed(sympy.Symbol(sides[0].replace(" ", "")))]  # \\angle ABC names a quantity
+    parsed = lhs + [_scalar(x, cfg) for x in sides[1:]]
     identity = len({x.replace(" ", "") for x in sides}) == 1  # "x = x", "0 = 0" state nothing
     name = number = None
-    if not identity and _NAME.match(sides[0]):
+    if not identity and is_name:
         lhs = parsed[0].expr
         if not (lhs.is_Symbol and lhs in parsed[-1].expr.free_symbols):  # "x = 2x - x" assigns nothing
             name = sides[0].replace(" ", "")

@@ -11,7 +11,7 @@ import pytest
 from rewards import VerifyConfig, verify_batch
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-DATASETS = {"gsm8k", "math", "aime", "olympiad", "multiple_choice", "chatty", "adversarial", "golds", "forms"}
+DATASETS = {"gsm8k", "math", "aime", "olympiad", "multiple_choice", "chatty", "adversarial", "golds", "forms", "heldout"}
 
 
 def load_corpus() -> list[dict]:

@@ -524,10 +524,81 @@ def forms() -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------ written after the code, first run kept honest
+def heldout() -> list[dict]:
+    """60 cases written after ``lenient`` existed and run once before any fix: lenient agreed on 56
+    (0 false positives), math-verify on 52 (1 false positive). Three of the four misses were then fixed;
+    heldout-006 (an expression = ... = value chain) stays a known miss."""
+    rows = [
+     # (completion, gold, answer, expected, reason)
+     ("To find the remainder, we compute $2^{10} = 1024$ and $1024 \\mod 7 = 2$. Thus the remainder is $\\boxed{2}$.", "2", "2", T, "qwen boxed"),
+     ("We have $\\binom{8}{3} = 56$ ways.\n\nThe final answer is $\\boxed{56}$.", "56", "56", T, "qwen final"),
+     ("So the number of ways is 56.", "\\boxed{56}", "56", T, "gold boxed only"),
+     ("The slope is $m = \\frac{4-2}{3-1} = 1$.", "1", "m = \\frac{4-2}{3-1} = 1", T, "assignment chain"),
+     ("The slope is $m = \\frac{4-2}{3-1} = 1$.", "2", "m = \\frac{4-2}{3-1} = 1", F, "assignment chain wrong"),
+     ("Thus, $a+b+c = \\boxed{12}$.", "12", "12", T, "boxed after expression"),
+     ("The vertex is at $\\left(-\\frac{b}{2a}, f\\left(-\\frac{b}{2a}\\right)\\right) = (1, -4)$.", "(1,-4)", "(1, -4)", T, "point at end of chain"),
+     ("**Solution:** ... \n\n**Answer:** $\\boxed{\\dfrac{5}{12}}$", "\\frac{5}{12}", "\\dfrac{5}{12}", T, "bold answer boxed"),
+     ("The probability is $\\frac{5}{12} \\approx 0.4167$.", "\\frac{5}{12}", "\\frac{5}{12} \\approx 0.4167", T, "approx gloss"),
+     ("The probability is approximately 0.4167.", "\\frac{5}{12}", "0.4167", F, "4-digit decimal for 5/12 (relative error 8e-5)"),
+     ("Hence $x \\in \\{-2, 3\\}$.", "-2, 3", "x \\in \\{-2, 3\\}", T, "set membership"),
+     ("The roots are $x=-2$ and $x=3$.", "3, -2", "x=-2, x=3", T, "two roots"),
+     ("The roots are $x=-2$ and $x=3$.", "3", "x=-2, x=3", F, "two roots for one gold"),
+     ("</think>\n\nThe area of the triangle is **24** square units.", "24", "24", T, "bold number, unmarked"),
+     ("</think>\n\nThe area of the triangle is **42** square units.", "24", "42", F, "bold number wrong"),
+     ("Final answer: 3/4", "\\frac34", "3/4", T, "plain final answer"),
+     ("Final answer: 4/3", "\\frac34", "4/3", F, "plain final answer inverted"),
+     ("The answer is $\\boxed{10\\%}$.", "10", "10\\%", T, "percent boxed"),
+     ("The answer is $\\boxed{\\$10.50}$.", "10.50", "\\$10.50", T, "currency boxed"),
+     ("The answer is $\\boxed{10.05}$.", "10.50", "10.05", F, "digits swapped"),
+     ("It takes 2 hours and 30 minutes, i.e. 2.5 hours.", "2.5", "2.5", T, "last number with unit"),
+     ("The perimeter is $2(3+4) = 14$ cm.", "14", "2(3+4) = 14", T, "numeric chain"),
+     ("The perimeter is $2(3+4) = 14$ cm.", "7", "2(3+4) = 14", F, "numeric chain wrong"),
+     ("So $f(2) = 7$.", "7", "f(2) = 7", T, "function value"),
+     ("So $f(2) = 7$.", "2", "f(2) = 7", F, "argument is not the value"),
+     ("The minimum value is $\\boxed{-\\frac{9}{4}}$.", "-\\frac{9}{4}", "-\\frac{9}{4}", T, "negative fraction"),
+     ("The minimum value is $\\boxed{-2.25}$.", "-\\frac{9}{4}", "-2.25", T, "decimal"),
+     ("The minimum value is $\\boxed{\\frac{9}{4}}$.", "-\\frac{9}{4}", "\\frac{9}{4}", F, "sign"),
+     ("Therefore the answer is \\(\\sqrt{13}\\).", "\\sqrt{13}", "\\sqrt{13}", T, "paren math after cue"),
+     ("Therefore the answer is \\(\\sqrt{31}\\).", "\\sqrt{13}", "\\sqrt{31}", F, "paren math wrong"),
+     ("The distance is $\\sqrt{(3-0)^2+(4-0)^2}=5$.", "5", "\\sqrt{(3-0)^2+(4-0)^2}=5", T, "numeric chain with sqrt"),
+     ("The sequence is $1, 4, 9, 16$.", "1, 4, 9, 16", "1, 4, 9, 16", T, "list"),
+     ("The answer is $\\boxed{(-\\infty, 2]}$.", "(-\\infty,2]", "(-\\infty, 2]", T, "interval"),
+     ("The answer is $\\boxed{(-\\infty, 2)}$.", "(-\\infty,2]", "(-\\infty, 2)", F, "interval end"),
+     ("The answer is $\\boxed{x \\le 2}$.", "(-\\infty,2]", "x \\le 2", T, "inequality vs interval"),
+     ("ANSWER: 17", "17", "17", T, "uppercase answer"),
+     ("answer: seventeen", "17", "seventeen", F, "number in words (not read)"),
+     ("The GCD is 6, so the LCM is $\\frac{12 \\cdot 18}{6} = 36$.", "36", "\\frac{12 \\cdot 18}{6} = 36", T, "chain"),
+     ("$$\\boxed{\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}}$$", "\\begin{pmatrix}3\\\\-1\\end{pmatrix}", "\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}", T, "vector"),
+     ("The answer is \\boxed{\\text{Sunday}}.", "\\text{Sunday}", "\\text{Sunday}", T, "day"),
+     ("The answer is \\boxed{\\text{Monday}}.", "\\text{Sunday}", "\\text{Monday}", F, "day wrong"),
+     ("The answer is \\boxed{\\textbf{(C) } 24}", "C", "\\textbf{(C) } 24", T, "amc bold with space"),
+     ("The answer is $\\boxed{2\\sqrt{5}}$ units.", "\\sqrt{20}", "2\\sqrt{5}", T, "radical"),
+     ("The answer is $\\boxed{4\\sqrt{5}}$ units.", "\\sqrt{20}", "4\\sqrt{5}", F, "radical wrong"),
+     ("The answer is $\\boxed{3 \\text{ and } 5}$.", "3, 5", "3 \\text{ and } 5", T, "and list"),
+     ("The answer is $\\boxed{1.5}$ hours.", "\\frac{3}{2}", "1.5", T, "decimal exact"),
+     ("The answer is $\\boxed{0.67}$.", "\\frac{2}{3}", "0.67", F, "rounded decimal"),
+     ("I'll compute: 15 + 27 = 42. So 42 is the answer.", "42", "42", T, "answer at sentence start"),
+     ("First, 6*7=42. Then subtract 2 to get 40. The result: 40", "40", "40", T, "result colon"),
+     ("First, 6*7=42. Then subtract 2 to get 40. The result: 40", "42", "40", F, "intermediate is gold"),
+     ("So $\\angle ABC = 45^\\circ$.", "45", "\\angle ABC = 45^\\circ", T, "angle assignment"),
+     ("The number is $\\boxed{1{,}024}$.", "1024", "1{,}024", T, "braced comma"),
+     ("The largest is $\\boxed{999}$ and the smallest is $\\boxed{100}$.", "999", None, F, "two different boxes"),
+     ("Answer: $\\boxed{e^{i\\pi}+1=0}$", "0", "e^{i\\pi}+1=0", F, "identity"),
+     ("$$\\frac{d}{dx}x^3 = 3x^2$$", "3x^2", "\\frac{d}{dx}x^3 = 3x^2", F, "derivative equation (not read as a value)"),
+     ("The answer is $-\\infty$.", "-\\infty", "-\\infty", T, "minus infinity"),
+     ("The answer is $\\boxed{\\pi r^2}$.", "\\pi r^2", "\\pi r^2", T, "formula"),
+     ("The answer is $\\boxed{2\\pi r}$.", "\\pi r^2", "2\\pi r", F, "formula wrong"),
+     ("The answer is $\\boxed{\\frac{1}{\\sqrt{2}}}$", "\\frac{\\sqrt2}{2}", "\\frac{1}{\\sqrt{2}}", T, "rationalised"),
+     ("The answer is $\\boxed{0.7071}$", "\\frac{\\sqrt2}{2}", "0.7071", F, "4 decimals"),
+    ]
+    return [rec("heldout", c, g, a, e, r) for c, g, a, e, r in rows]
+
+
 def main() -> None:
     sets = {"gsm8k": gsm8k(), "math": math_set(), "aime": aime(), "olympiad": olympiad(),
             "multiple_choice": multiple_choice(), "chatty": chatty(), "adversarial": adversarial(), "golds": golds(),
-            "forms": forms()}
+            "forms": forms(), "heldout": heldout()}
     total = 0
     for name, rows in sets.items():
         with open(HERE / f"{name}.jsonl", "w") as f:
