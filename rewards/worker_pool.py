@@ -209,6 +209,15 @@ class WorkerPool:
                 self._wake()
         return [r if r is not None else _failed("not run") for r in job.results]
 
+    def score(self, items: list[dict], config, deadline: float | None = None) -> list[dict]:
+        """Score whole items (``completion``, ``gold``, ``response_tokens``) with a ``RewardConfig``: extraction,
+        comparison and shaping all run in a worker under ``config.verify.timeout_s``. Each result has ``status``,
+        ``reason``, ``elapsed_ms``; a scored one also ``equal``, ``extracted``, ``source``, ``reward``, ``parts``."""
+        cfg, key = config.model_dump(), config.model_dump_json()
+        tasks = [{"score": {k: it.get(k) for k in ("completion", "gold", "response_tokens")}, "reward": cfg,
+                  "config_key": key} for it in items]
+        return self.run(tasks, config.verify.timeout_s, deadline)
+
     def state(self) -> dict:
         """``ready`` workers of ``size`` (``busy`` of them running an item), ``restarts``, ``timeouts``, and
         ``error`` (None when the pool can serve)."""

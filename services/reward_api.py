@@ -41,7 +41,8 @@ Count = Annotated[int, Field(ge=0, le=MAX_INT32), Strict(False), BeforeValidator
 
 class RequestError(ValueError):
     """A request the service refuses. ``kind``: ``invalid`` (HTTP 422 / INVALID_ARGUMENT), ``too_large``
-    (HTTP 413 or 422 / RESOURCE_EXHAUSTED), ``busy`` (HTTP 503 + Retry-After / RESOURCE_EXHAUSTED)."""
+    (HTTP 413 or 422 / RESOURCE_EXHAUSTED), ``busy`` (HTTP 503 + Retry-After / RESOURCE_EXHAUSTED),
+    ``unavailable`` (no verification can run: HTTP 503 + Retry-After / UNAVAILABLE)."""
 
     def __init__(self, message: str, kind: str = "invalid", errors: list[dict[str, str]] | None = None):
         super().__init__(message)
@@ -141,7 +142,6 @@ class ApiModels(NamedTuple):
 
     item: type[BaseModel]
     request: type[BaseModel]
-    max_timeout_s: float
 
 
 def api_models(max_batch_items: int, max_item_chars: int, max_timeout_s: float) -> ApiModels:
@@ -168,7 +168,7 @@ def api_models(max_batch_items: int, max_item_chars: int, max_timeout_s: float) 
                                  description=f"At most {max_batch_items} items; one verdict each, in order.")),
         options=(options | None, Field(None, description="Overrides of the server's reward settings.")),
     )
-    return ApiModels(item, request, max_timeout_s)
+    return ApiModels(item, request)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -184,7 +184,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def _message(err: dict[str, Any], limits: ApiModels | None) -> tuple[str, str]:
+def _message(err: dict[str, Any]) -> tuple[str, str]:
     """(message, kind) for one pydantic error, without its input value."""
     path, kind, msg = field_path(tuple(err.get("loc", ()))), "invalid", str(err.get("msg", "invalid"))
     if msg.startswith("Value error, "):
@@ -200,9 +200,9 @@ def _message(err: dict[str, Any], limits: ApiModels | None) -> tuple[str, str]:
     return f"{path}: {msg}", kind
 
 
-def validation_error(errors: list[dict[str, Any]], limits: ApiModels | None = None) -> RequestError:
+def validation_error(errors: list[dict[str, Any]]) -> RequestError:
     """A :class:`RequestError` naming every invalid field (the values themselves are never echoed)."""
-    described = [(_message(e, limits), field_path(tuple(e.get("loc", ())))) for e in errors[:20]]
+    described = [(_message(e), field_path(tuple(e.get("loc", ())))) for e in errors[:20]]
     kind = "too_large" if any(k == "too_large" for (_, k), _ in described) else "invalid"
     fields = [{"field": path, "message": m.split(": ", 1)[-1]} for (m, _), path in described]
     detail = "; ".join(m for (m, _), _ in described) or "invalid request"
@@ -216,5 +216,4 @@ def parse_request(models: ApiModels, data: dict[str, Any]) -> BaseModel:
     try:
         return models.request.model_validate(data)
     except ValidationError as e:
-        raise validation_error(e.errors(include_input=False, include_context=False, include_url=False),
-                               models) from None
+        raise validation_error(e.errors(include_input=False, include_context=False, include_url=False)) from None

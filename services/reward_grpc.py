@@ -37,7 +37,7 @@ STREAM_WINDOW = 32
 _OPTION_FIELDS = ("timeout_s", "last_number_fallback", "format_reward", "max_response_tokens",
                   "overlong_buffer_tokens", "extraction")
 _CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-          "busy": grpc.StatusCode.RESOURCE_EXHAUSTED}
+          "busy": grpc.StatusCode.RESOURCE_EXHAUSTED, "unavailable": grpc.StatusCode.UNAVAILABLE}
 
 
 def _item(msg: reward_pb2.VerifyItem) -> dict:
@@ -101,6 +101,9 @@ class RewardServicer:
             verdicts = self.service.verify(request, context.time_remaining())
         except RequestError as e:
             self._refuse(context, e, rid)
+        except Exception:  # noqa: BLE001 - a bug: logged with the id; the client gets the id, not the message
+            log.exception("request %s failed", rid)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
         finally:
             self.calls.release()
             self.service.metrics.latency.labels("grpc").observe(time.perf_counter() - t0)

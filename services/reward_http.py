@@ -3,7 +3,7 @@
 
 Refusals are JSON ``{"detail", "request_id", "errors"}``: 400 (unparsable body), 401 (token), 413 (body
 too large), 422 (invalid field, named; too many items or characters), 503 + Retry-After (busy or
-shutting down). Bodies never carry the offending value, a traceback, a path or an internal setting;
+shutting down, no verifier worker can run). Bodies never carry the offending value, a traceback, a path or an internal setting;
 the server logs each refusal and failure with the request id (also in the ``X-Request-ID`` header).
 Health endpoints are ``async`` and do no I/O, so they answer at once while verify requests run in a
 bounded thread pool of their own.
@@ -50,7 +50,7 @@ def build_app(service: RewardService) -> FastAPI:
     bearer = [Depends(HTTPBearer(auto_error=False))] if cfg.auth_token else []  # declares the scheme in the spec
     refusals = {400: "Body is not parsable", 401: "Missing or wrong bearer token",
                 413: "Body larger than max_request_bytes", 422: "An invalid field (named), too many items or characters",
-                503: "Busy or shutting down: retry after Retry-After seconds"}
+                503: "Busy, shutting down or unable to verify: retry after Retry-After seconds"}
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -65,8 +65,15 @@ def build_app(service: RewardService) -> FastAPI:
                     return response
                 declared = request.headers.get("content-length", "")
                 too_large = declared.isdigit() and int(declared) > limit
-                if not too_large:
-                    too_large = len(await request.body()) > limit  # chunked bodies without a length
+                if not too_large:  # read at most limit + 1 bytes (a chunked body declares no length)
+                    chunks, size = [], 0
+                    async for chunk in request.stream():
+                        size += len(chunk)
+                        if size > limit:
+                            too_large = True
+                            break
+                        chunks.append(chunk)
+                    request._body = b"".join(chunks)  # what FastAPI reads next (Starlette replays it)
                 if too_large:
                     service.metrics.errors.labels("http", "too_large").inc()
                     response = _error(413, f"request body exceeds max_request_bytes={limit}", request)
@@ -104,7 +111,7 @@ def build_app(service: RewardService) -> FastAPI:
         except RequestError as e:
             service.metrics.errors.labels("http", e.kind).inc()
             log.info("request %s refused: %s", request.state.request_id, str(e)[:500])
-            if e.kind == "busy":
+            if e.kind in ("busy", "unavailable"):
                 return _error(503, str(e), request, headers={"Retry-After": str(RETRY_AFTER_S)})
             return _error(422, str(e), request, e.errors)
         finally:

@@ -292,10 +292,11 @@ class RewardService:
             self.metrics.cache.labels("hit").inc(len(items) - len(misses))
             self.metrics.cache.labels("miss").inc(len(misses))
         if misses:
-            cfg_dict = cfg.model_dump()
-            tasks = [{"score": {k: items[i][k] for k in ("completion", "gold", "response_tokens")},
-                      "reward": cfg_dict, "config_key": cfg_json} for i in misses]
-            results = self.pool.run(tasks, cfg.verify.timeout_s, deadline)
+            try:
+                results = self.pool.score([items[i] for i in misses], cfg, deadline)
+            except RuntimeError as e:  # the pool stopped (closed, or its dispatcher failed): health says so too
+                log.error("verifier pool unavailable: %s", e)
+                raise RequestError("the verifier is unavailable; retry shortly", "unavailable") from None
             fresh = {}
             for i, r in zip(misses, results):
                 result = ({"correct": bool(r["equal"]), **{k: r[k] for k in ("status", "extracted", "reason", "reward",

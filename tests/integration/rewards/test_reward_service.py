@@ -236,11 +236,12 @@ def test_extraction_runs_under_the_time_limit_and_healthz_never_waits(reward_ser
 
 
 def test_request_deadline_answers_the_rest_with_timeout(reward_server, stub):
-    """Six items that each run to a 2 s limit on two workers would take 6 s; the request's deadline (limit +
-    3 s of slack) answers what is left with `timeout` instead of making every client wait."""
-    items = [{"id": f"d{i}", "completion": SLOW, "gold": "1"} for i in range(6)]
+    """Sixteen items that each run to a 2 s limit would take 8 s even on four workers (two, plus two burst
+    workers); the request's deadline (limit + 3 s of slack) answers what is left with `timeout` instead of
+    making every client wait."""
+    items = [{"id": f"d{i}", "completion": SLOW, "gold": "1"} for i in range(16)]
     verdicts = http_verify(reward_server, items, {"timeout_s": 2.0}).json()["verdicts"]
-    assert [v["status"] for v in verdicts] == ["timeout"] * 6
+    assert [v["status"] for v in verdicts] == ["timeout"] * 16
     assert any("deadline" in v["reason"] for v in verdicts)
     s, _ = stub
     with pytest.raises(grpc.RpcError) as e:  # a client deadline shorter than the server's is honoured too

@@ -30,7 +30,8 @@ def pool():
 
 
 def test_whole_item_is_scored_in_a_worker(pool):
-    [r] = pool.run([task("so \\boxed{\\sqrt{8}}", "2\\sqrt{2}")], 30.0)
+    item = {"completion": "so \\boxed{\\sqrt{8}}", "gold": "2\\sqrt{2}", "response_tokens": None}
+    [r] = pool.score([item], RewardConfig())
     assert (r["status"], r["equal"], r["extracted"], r["source"]) == ("correct", True, "\\sqrt{8}", "boxed")
     assert r["parts"]["correctness"] == 1.0 and r["elapsed_ms"] > 0
     assert pool.state() == {**pool.state(), "ready": 2, "size": 2, "error": None}
