@@ -125,6 +125,9 @@ def test_malformed_http_requests_get_4xx_naming_no_internals(server):
             assert err["request_id"] == r.headers["x-request-id"] and err["detail"]
             for leak in ("Traceback", "/work/", "site-packages", ".py", "max_completion_chars", "wrong_reward"):
                 assert leak not in r.text, (leak, r.text[:300])
+        chunked = c.post(f"{server['http']}/v1/verify", content=iter([b" " * 2**20] * 12),  # no content-length
+                         headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and "max_request_bytes" in chunked.json()["detail"]
         assert c.post(f"{server['http']}/v1/verify", json=NORMAL).json()["verdicts"][0]["status"] == "correct"
 
 
