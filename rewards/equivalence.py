@@ -372,7 +372,7 @@ def answers_equal(gold: Answer, pred: Answer, cfg: VerifyConfig) -> bool:
     if pk == "equation" and gk != "equation":
         return _equation_vs_value(pred, gold, cfg)
     if gk == "equation" and pk == "equation":
-        (gl, gr), (pl, pr) = gold.value, pred.value
+        gr, pr = gold.value[1], pred.value[1]
         if gold.name is not None and gold.name == pred.name:
             return scalars_equal(gr, pr, cfg)
         dg, dp = _equation_diff(gold.value), _equation_diff(pred.value)
