@@ -400,6 +400,8 @@ def answers_equal(gold: Answer, pred: Answer, cfg: VerifyConfig) -> bool:
             return False
         if gk == "tuple" and pk == "tuple" and (gold.text[0], gold.text[-1]) != (pred.text[0], pred.text[-1]):
             return False  # [1, 2] is not (1, 2)
+        if {gk, pk} == {"tuple", "set"}:
+            return False  # \\{1, 2\\} is not the point or interval (1, 2)
         if gk == "tuple" and pk in ("tuple", "list"):
             return all(_item_equal(a, b, cfg) for a, b in zip(g_items, p_items))
         return _unordered_equal(g_items, p_items, cfg)
