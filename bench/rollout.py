@@ -102,12 +102,14 @@ class WorkerContender:
     def run(self, prompts, sampling, update_every: float | None = None) -> tuple[float, list[dict]]:
         import ray
 
+        from rollout.weight_update import WeightUpdate
+
         stop = threading.Event()
 
         def updater() -> None:
             while not stop.wait(update_every):
                 self.version += 1
-                self.syncs.append(ray.get(self.w.load_weights.remote(self.version, self.ref)))
+                self.syncs.append(ray.get(self.w.load_weights.remote(WeightUpdate(self.version, tensors=self.ref))))
 
         th = threading.Thread(target=updater, daemon=True) if update_every else None
         if th:

@@ -6,7 +6,7 @@
 
 All engines are started once and stay up (an idle vLLM engine blocks on its input queue and costs
 no CPU); every repeat runs each row once, in turn, on the same prompts through
-:class:`rollout.router.RolloutRouter`, so load from other processes hits every row alike. Rows:
+:class:`rollout.fleet.RolloutFleet`, so load from other processes hits every row alike. Rows:
 
 - ``1 worker``: one engine whose OpenMP compute thread is pinned to core 0;
 - ``2 workers``: that engine plus one pinned to core 1 (``VLLM_CPU_OMP_THREADS_BIND`` per worker);
@@ -45,9 +45,9 @@ def start_worker(cfg, worker_id: str, bind: str | None):
 
 def run_row(workers: list, prompts: list[dict], sampling: dict, max_in_flight: int) -> tuple[float, float]:
     """(tokens/s, samples/s) of one batch through a router over ``workers``."""
-    from rollout.router import RolloutRouter
+    from rollout.fleet import RolloutFleet
 
-    router = RolloutRouter(workers, max_in_flight=max_in_flight)
+    router = RolloutFleet(workers, max_in_flight=max_in_flight)
     t0 = time.perf_counter()
     groups = router.generate(prompts, sampling)
     dt = time.perf_counter() - t0
@@ -123,7 +123,7 @@ def main() -> None:
     one, two = "1 worker (core 0)", "2 workers (cores 0, 1)"
     paired = [b[0] / a[0] for a, b in zip(results[one], results[two])]
     base = statistics.median(t for t, _ in results[one])
-    print(f"\nworkload: {args.prompts} prompts x n={args.n} x {args.max_tokens} tokens through RolloutRouter "
+    print(f"\nworkload: {args.prompts} prompts x n={args.n} x {args.max_tokens} tokens through RolloutFleet "
           f"(max {args.max_in_flight} prompts in flight per worker), {cores} cores, "
           f"load average during the repeats {min(loads):.1f}-{max(loads):.1f}\n")
     print("| rollout workers | tokens/s (median of repeats) | samples/s | vs 1 worker |\n| --- | --- | --- | --- |")

@@ -6,8 +6,11 @@
 #
 # 1. learner GPU tests (FSDP2 bf16 on CUDA vs the fp32 CPU step, resume, bf16 export, a pure NCCL group)
 # 2. pretraining / SFT / DPO on CUDA (one process = a 1-rank NCCL FSDP2 group, bf16 compute)
-# 3. learner throughput on a 252M-parameter Qwen3 (docs/learner.md)
+# 3. learner throughput on a 252M-parameter Qwen3, and the learner step's memory with a 152k vocabulary
+#    before/after chunked log-probs (bench/learner.py, docs/learner.md)
 # 4. the default `flywheel pretrain` (configs/pretrain_tiny.yaml) on the GPU, timed
+# 5. when vLLM and Ray are installed: the rollout engine on the GPU, weight updates into it through the
+#    object store and the collective transport (gloo), and vLLM's NCCL weight-transfer path
 # Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check); a summary is printed last.
 set -u
 out=${1:-${OUT:-/tmp/gpu_check}}
@@ -36,12 +39,19 @@ PYTEST=(python3 -m pytest -p no:cacheprovider -o "addopts=-ra --strict-markers" 
 step learner_tests 240 "${PYTEST[@]}" tests/integration/learner/test_learner_gpu.py
 step pretraining_tests 300 "${PYTEST[@]}" tests/integration/pretraining/test_pretrain_gpu.py \
   tests/integration/pretraining/test_trainers.py
-step throughput 180 python3 -m learner.throughput --device cuda --hidden 1024 --layers 16 --vocab 32768 \
+step throughput 180 python3 bench/learner.py throughput --device cuda --hidden 1024 --layers 16 --vocab 32768 \
   --seq 1024 --batch 32 --micro 8
+step learner_memory 240 python3 bench/learner.py memory --device cuda --cases 1024x2 4096x2 16384x2 --timeout 100
 step pretrain_default 240 python3 -m services.cli pretrain --out_dir /tmp/gpu_pretrain
+if python3 -c "import vllm, ray" 2>/dev/null; then
+  step rollout_gpu_sync 600 "${PYTEST[@]}" -m gpu tests/integration/rollout/test_gpu_weight_sync.py
+else
+  echo "=== rollout_gpu_sync: skipped (no vLLM or Ray on this machine)"
+fi
 
 echo "=== summary"
 grep -hE "passed|failed|error" "$out/learner_tests.log" "$out/pretraining_tests.log" | tail -n 4
 grep -h "median tokens/s\|peak GPU" "$out/throughput.log"
+grep -h "^| " "$out/learner_memory.log"
 grep -h "pretraining done\|on cuda" "$out/pretrain_default.log"
-for k in learner_tests pretraining_tests throughput pretrain_default; do echo "$k: exit ${rc[$k]:-?}"; done
+for k in learner_tests pretraining_tests throughput learner_memory pretrain_default rollout_gpu_sync; do echo "$k: exit ${rc[$k]:-?}"; done

@@ -128,8 +128,8 @@ class CheckpointError(ValueError):
 
 def tensor_index(path: str | Path) -> dict[str, tuple[str, list[int]]]:
     """``name -> (file name, shape)`` of every tensor in a safetensors file, or in a folder's
-    ``*.safetensors`` (headers only; no tensor is read)."""
-    from safetensors import safe_open
+    ``*.safetensors`` (headers only, through the one header reader, ``rollout.weight_update.read_specs``)."""
+    from rollout.weight_update import WeightUpdateError, read_specs
 
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
@@ -138,11 +138,9 @@ def tensor_index(path: str | Path) -> dict[str, tuple[str, list[int]]]:
     out: dict[str, tuple[str, list[int]]] = {}
     for f in files:
         try:
-            with safe_open(str(f), framework="pt") as fh:
-                for name in fh.keys():
-                    out[name] = (f.name, list(fh.get_slice(name).get_shape()))
-        except Exception as e:  # noqa: BLE001 - truncated / not safetensors: say which file
-            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+            out.update({name: (f.name, shape) for name, (shape, _) in read_specs(f).items()})
+        except WeightUpdateError as e:  # truncated / not safetensors: the message names the file
+            raise CheckpointError(str(e)) from None
     return out
 
 

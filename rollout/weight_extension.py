@@ -109,7 +109,14 @@ class WeightReloadExtension:
 
         if not current_platform.is_cpu():
             return False
-        job: dict[str, Any] = {"done": threading.Event(), "result": None, "error": None}
+        self._flywheel_start(token, lambda: _read_files(paths), prepare=True)
+        return True
+
+    def _flywheel_start(self, token: str, source, prepare: bool) -> None:
+        """Run ``source()`` (an iterator of ``(name, tensor)``) in a background thread: into a
+        :class:`rollout.inplace_update.PreparedUpdate` (``prepare``) or staged as a list for
+        :meth:`flywheel_reload_staged`; :meth:`flywheel_prepared` reports the outcome."""
+        job: dict[str, Any] = {"done": threading.Event(), "result": None, "error": None, "staged": None}
         self._flywheel_jobs()[token] = job
         cfg = self.model_runner.vllm_config
 
@@ -118,9 +125,13 @@ class WeightReloadExtension:
 
             job["start"] = time.perf_counter()
             try:
-                job["result"] = prepare_update(self.model_runner.get_model(), _read_files(paths),
-                                               tp_size=cfg.parallel_config.tensor_parallel_size,
-                                               lora=cfg.lora_config is not None)
+                items = source()
+                if isinstance(items, list) or not prepare:  # kept for a reload should preparing fail
+                    job["staged"] = items = list(items)
+                if prepare:
+                    job["result"] = prepare_update(self.model_runner.get_model(), items,
+                                                   tp_size=cfg.parallel_config.tensor_parallel_size,
+                                                   lora=cfg.lora_config is not None)
             except Exception as e:  # noqa: BLE001 - reported to the caller by flywheel_prepared
                 job["error"] = f"{type(e).__name__}: {e}"
             finally:
@@ -128,16 +139,80 @@ class WeightReloadExtension:
                 job["done"].set()
 
         threading.Thread(target=work, name=f"flywheel-prepare-{token}", daemon=True).start()
+
+    # ------------------------------------------------------------------ collective transport
+    def flywheel_join(self, handle: dict) -> bool:
+        """Start joining weight group ``handle["epoch"]`` (:mod:`rollout.weight_sync`) in the background
+        as rank ``handle["rank"]`` (+ this worker's rank within its engine); poll
+        :meth:`flywheel_joined`. Returns at once."""
+        state: dict[str, Any] = {"done": threading.Event(), "error": None}
+        self._flywheel_join_state = (handle["epoch"], state)
+        rank = int(handle["rank"]) + int(getattr(self, "rank", 0) or 0)
+
+        def work() -> None:
+            from rollout.weight_sync import join_group
+
+            try:
+                self._flywheel_group = (handle["epoch"], join_group(handle["host"], handle["port"], rank,
+                                                                    handle["world_size"], handle["epoch"],
+                                                                    handle.get("timeout_s", 60.0)))
+            except Exception as e:  # noqa: BLE001 - reported by flywheel_joined
+                state["error"] = f"{type(e).__name__}: {e}"
+            finally:
+                state["done"].set()
+
+        threading.Thread(target=work, name=f"flywheel-join-{handle['epoch']}", daemon=True).start()
         return True
 
+    def flywheel_joined(self, epoch: int) -> str | None:
+        """None while joining group ``epoch``; then "ok" or the error."""
+        current = getattr(self, "_flywheel_join_state", None)
+        if current is None or current[0] != epoch:
+            return f"weight group {epoch} was never joined here"
+        if not current[1]["done"].is_set():
+            return None
+        return current[1]["error"] or "ok"
+
+    def flywheel_receive(self, handle: dict, token: str, mode: str = "prepare") -> bool:
+        """Start receiving one broadcast (``handle`` from ``WeightBroadcaster.plan``) in the background:
+        ``prepare`` (CPU: then :meth:`flywheel_commit`), ``stage`` (then :meth:`flywheel_reload_staged`)
+        or ``discard`` (take part in the broadcast, keep nothing: a refused update must not stall the
+        others). False when this worker is not in the handle's group."""
+        group = getattr(self, "_flywheel_group", None)
+        if group is None or group[0] != handle["epoch"]:
+            return False
+        from rollout.weight_sync import receive_buckets
+
+        if mode == "discard":
+            threading.Thread(target=lambda: [None for _ in receive_buckets(group[1], handle)], daemon=True,
+                             name=f"flywheel-discard-{token}").start()
+            return True
+        # received whole before preparing: a broadcast must be read to its end whatever the model says
+        self._flywheel_start(token, lambda: list(receive_buckets(group[1], handle)), prepare=mode == "prepare")
+        return True
+
+    def flywheel_reload_staged(self, token: str) -> int:
+        """Load a staged (received) update in one ``reload_weights`` (engine paused); returns tensor count."""
+        job = self._flywheel_jobs().pop(token)
+        job["done"].wait()
+        if job["staged"] is None:
+            raise RuntimeError(f"weight update {token} failed to arrive: {job['error']}")
+        t0 = time.perf_counter()
+        self.model_runner.reload_weights(weights_iterator=iter(job["staged"]))
+        self._flywheel_record(token, t0)
+        return len(job["staged"])
+
     def flywheel_prepared(self, token: str) -> str | None:
-        """None while preparing; then "ok" or the error (an unsupported update: fall back to reload)."""
+        """None while preparing; then "ok", "staged (why)" for a received update to reload while paused,
+        or the error (an unsupported update: fall back to reload)."""
         job = self._flywheel_jobs()[token]
         if not job["done"].is_set():
             return None
         if job["error"] is not None:
-            self._flywheel_jobs().pop(token, None)
-            return job["error"]
+            if job["staged"] is None:
+                self._flywheel_jobs().pop(token, None)
+                return job["error"]
+            return f"staged ({job['error']})"  # received, not prepared: flywheel_reload_staged can load it
         return "ok"
 
     def flywheel_commit(self, token: str) -> int:

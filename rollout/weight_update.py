@@ -68,6 +68,16 @@ def stale_cause(err: BaseException) -> StaleWeightUpdate | None:
     return cause if isinstance(cause, StaleWeightUpdate) else None
 
 
+def vllm_label(version: int) -> str:
+    """vLLM's weight-version label for ``version`` (vLLM stamps a string on every step)."""
+    return str(version)
+
+
+def from_vllm_label(label: str | int) -> int:
+    """The int version behind a label of :func:`vllm_label`."""
+    return int(label)
+
+
 _TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 

@@ -9,16 +9,16 @@ Two ways to use it:
   ``release`` (like :class:`rollout.prompts.PromptSource`), prompts are leased under this worker's id
   so the router can re-queue them should the worker die.
 
-Weights: ``load_weights(version, weights)`` with ``weights`` a ``{name: CPU tensor}`` dict (pass an
-``ObjectRef`` from ``ray.put`` to fan one copy out to many workers through the object store), or
-``load_weights_file(version, path)`` for a safetensors file; the GPU path joins vLLM's NCCL
+Weights: ``load_weights(update)`` applies one :class:`rollout.weight_update.WeightUpdate` (its
+tensors as a ``{name: CPU tensor}`` dict or an ``ObjectRef`` of one, fanned out to many workers
+through the object store; or safetensors files the worker can read); the GPU path joins vLLM's NCCL
 weight-transfer engine (:mod:`rollout.weight_sync`). Build workers with :func:`create_workers`.
 
 Restarts: with ``max_restarts`` (``worker_restarts``) Ray restarts a dead worker by re-running
 ``__init__``: a fresh ``incarnation`` id, version 0, no continuous loop. A driver keeps ``watch()``
 in flight (it fails the moment the process dies) and, on failure, polls ``health()`` until it answers
 with a new incarnation, then starts the engine, republishes the current weights and restarts the
-continuous loop (:class:`services.grpo_job.RolloutFleet` does this).
+continuous loop (:class:`rollout.fleet.RolloutFleet` does this).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import uuid
 from typing import Any
 
 from rollout.config import RolloutConfig, SamplingConfig
-from rollout.engine import RolloutEngine, WeightUpdateError
+from rollout.engine import RolloutEngine
+from rollout.weight_update import WeightUpdate, WeightUpdateError, check_version
 
 log = logging.getLogger(__name__)
 
@@ -130,29 +131,40 @@ class RolloutWorker:
         return list(self._inflight_prompts.values())
 
     # ------------------------------------------------------------------ weights
-    async def load_weights(self, version: int, weights: dict) -> dict:
-        """Pause (keeping requests), load ``{name: tensor}`` as ``version``, resume. Returns the sync record."""
-        await self.engine.start()
-        rec = await self.engine.load_weights(version, weights)
-        return rec.__dict__
+    async def load_weights(self, update: WeightUpdate) -> dict:
+        """Pause (keeping requests), swap ``update`` in, resume; returns the sync record. A stale or
+        malformed update raises :class:`rollout.weight_update.WeightUpdateError` and changes nothing."""
+        import ray
 
-    async def load_weights_file(self, version: int, path: str | list[str]) -> dict:
-        """Load safetensors file(s) the worker can read as ``version`` (same pause/keep/resume)."""
         await self.engine.start()
-        paths = [path] if isinstance(path, str) else list(path)
-        return (await self.engine.load_weight_files(version, paths)).__dict__
+        if not isinstance(update, WeightUpdate):
+            raise WeightUpdateError(f"load_weights takes a WeightUpdate, got {type(update).__name__}")
+        t0 = time.perf_counter()
+        if isinstance(update.tensors, ray.ObjectRef):
+            check_version(update.version, self.engine.version)  # before fetching anything
+            update = update.resolved(await update.tensors)
+        fetch_s = time.perf_counter() - t0
+        return {**(await self.engine.apply_update(update)).__dict__, "fetch_s": fetch_s}
+
+    async def join_collective(self, handle: dict) -> str:
+        """Join the weight group of ``handle`` (collective transport); returns "ok" or why it could not."""
+        await self.engine.start()
+        try:
+            return await self.engine.weights.join(handle)
+        except Exception as e:  # noqa: BLE001 - the fleet falls back to the object store for this worker
+            return f"{type(e).__name__}: {e}"
 
     async def nccl_init(self, init_info: dict) -> None:
-        await self.engine.nccl_init(init_info)
+        await self.engine.weights.nccl_init(init_info)
 
     async def nccl_begin(self, version: int) -> None:
-        await self.engine.nccl_begin(version)
+        await self.engine.weights.nccl_begin(version)
 
     async def nccl_receive(self, update_info: dict | list) -> None:
-        await self.engine.nccl_receive(update_info)
+        await self.engine.weights.nccl_receive(update_info)
 
     async def nccl_finish(self, version: int) -> dict:
-        return (await self.engine.nccl_finish(version)).__dict__
+        return (await self.engine.weights.nccl_finish(version)).__dict__
 
     async def set_reprefill_after_versions(self, k: int | None) -> None:
         """Change ``reprefill_after_versions`` at run time (None keeps every sequence's KV cache)."""
@@ -223,7 +235,18 @@ def create_workers(cfg: RolloutConfig, placement_group=None, resources: dict[str
         opts = worker_options(cfg, placement_group, bundle, resources, index=i)
         workers.append(actor_cls.options(**opts).remote(cfg.model_dump(), f"{name_prefix}-{i}"))
     if wait:
-        ray.get([w.ready.remote() for w in workers])
+        from ray.exceptions import RayTaskError
+
+        from rollout.engine_startup import EngineStartError
+
+        try:
+            ray.get([w.ready.remote() for w in workers])
+        except RayTaskError as e:  # the engine's own one-line cause, not Ray's wrapped traceback
+            if isinstance(e.cause, EngineStartError):
+                for w in workers:
+                    ray.kill(w)
+                raise EngineStartError(str(e.cause)) from None
+            raise
     return workers
 
 

@@ -23,7 +23,7 @@ What it does, in order:
 Per-step lines go to the log, every metric to ``<output_dir>/metrics.jsonl`` (with the ids of the
 groups each step trained on, ``trained_groups``, and the worker restarts seen in it, ``worker_restarts``).
 
-Faults (docs/grpo.md, "Faults"): a rollout worker that dies is rejoined by :class:`services.grpo_fleet.RolloutFleet`
+Faults (docs/grpo.md, "Faults"): a rollout worker that dies is rejoined by :class:`rollout.fleet.RolloutFleet`
 (its prompts re-queued, Ray restarts it, it gets the current weights and resumes generating); a dead
 verifier actor is absorbed by the pool's retries (``rewards.ray_pool``); a stopped job resumes from
 its checkpoint without losing or repeating a rollout.
@@ -51,7 +51,7 @@ from services.grpo_data import (
 from services.grpo_batch import BatchBuilder
 from services.grpo_checkpoint import JobCheckpoints
 from services.grpo_eval import evaluate_heldout
-from services.grpo_fleet import RolloutFleet
+from rollout.fleet import RolloutFleet
 from services.grpo_report import StepReport, write_plots
 from services.grpo_schedule import (
     IdleClock,
@@ -147,7 +147,8 @@ class GRPOJob:
         self._stop_workers()
         rc = self.cfg.rollout.model_copy(update={"model": self.cfg.model, "max_model_len": max_model_len})
         t0 = time.perf_counter()
-        self.fleet = RolloutFleet(create_workers(rc, placement_group=self.rollout_pg))
+        self.fleet = RolloutFleet(create_workers(rc, placement_group=self.rollout_pg), rc.max_in_flight,
+                                  **self._weight_transport(rc))
         self.worker_max_len = max_model_len
         if self.progress.version > 0:  # carry the trained weights into the fresh engines
             self._publish(self.progress.version, wait=True)
@@ -161,12 +162,33 @@ class GRPOJob:
             self.fleet.kill()
             self.fleet = None
 
+    def _weight_transport(self, rc) -> dict[str, Any]:
+        """The fleet's weight transport: ``collective`` broadcasts from a sender on the learner's node
+        (rank 0's placement bundle when there is one) into the engines, cast to the engines' dtype."""
+        if rc.weight_transport == "object_store":
+            return {}
+        if rc.weight_transport == "nccl":
+            log.warning("rollout.weight_transport 'nccl': the job broadcasts with the collective transport over "
+                        "gloo (weights staged in host memory); an NCCL broadcast into the engines is not wired in")
+        options: dict[str, Any] = {}
+        if self.learner_pg is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.learner_pg, placement_group_bundle_index=0)
+        return {"transport": "collective", "collective": {
+            "bucket_mib": rc.weight_bucket_mib, "dtype": None if rc.dtype == "auto" else rc.dtype,
+            "ranks_per_worker": rc.tensor_parallel_size, "broadcaster_options": options}}
+
     def _publish(self, version: int, wait: bool) -> float:
-        """Push the learner's full weights to every worker as ``version``; returns seconds to hand them over."""
+        """Hand the learner's weight update (its tensors stay in the object store; workers fetch them) to
+        every worker; ``version`` is what the job expects the learner to be at. Returns seconds to hand over."""
         t0 = time.perf_counter()
         self.fleet.wait_published()  # never pile updates up: the previous one must have landed
-        weights = self.learner.publish_weights()  # stays in the object store; workers fetch it
-        self.fleet.publish(version, weights, wait)
+        update = self.learner.publish_weights()
+        if update.version != version:
+            raise RuntimeError(f"the learner published weights version {update.version}, the job expected {version}")
+        self.fleet.publish(update, wait)
         return time.perf_counter() - t0
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -365,6 +387,7 @@ class GRPOJob:
         # a step the learner skipped (every sample older than max_staleness) leaves the version as
         # it was: publishing it again would be refused by the workers as a stale update
         sync_s = self._publish(version, wait=sync) if version > p.version else 0.0
+        metrics.update(self.fleet.publish_metrics())  # bytes, hand-over and stall of the last landed update
         row = self.report.step(
             s, p, batch, metrics, version=version, dropped=counters.dropped, elapsed=elapsed, sync_s=sync_s,
             rollout_tokens=counters.rollout_tokens, learner_wait_s=counters.learner_wait_s, in_flight=in_flight,

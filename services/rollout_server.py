@@ -1,6 +1,6 @@
 """The rollout service: ``flywheel serve-rollout --model CHECKPOINT``.
 
-Starts ``rollout.num_workers`` vLLM rollout workers on Ray behind a :class:`rollout.router.RolloutRouter`
+Starts ``rollout.num_workers`` vLLM rollout workers on Ray behind a :class:`rollout.fleet.RolloutFleet`
 and serves them over HTTP (``services.rollout_http``: OpenAI-compatible ``/v1/completions``,
 ``/v1/chat/completions``, ``/v1/models``; trainer-facing ``/v1/rollouts``; authenticated
 ``/v1/weights``; ``/healthz``; Prometheus ``/metrics``) and gRPC (``services.rollout_grpc``,
@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollout.config import RolloutConfig
+from rollout.weight_update import model_specs
 
 log = logging.getLogger("flywheel.rollout_server")
 
@@ -124,7 +125,7 @@ class RolloutService:
                              "Time generation was paused by the last update (slowest worker)", registry=r)
         self.m_workers = Gauge("flywheel_rollout_workers_alive", "Live rollout workers", registry=r)
         self.m_workers.set(router.num_alive)
-        self._model_tensors = model_tensors(cfg.rollout.model)
+        self._model_specs = model_specs(cfg.rollout.model)
 
     # ------------------------------------------------------------------ accounting
     def count_tokens(self, n: int) -> None:
@@ -232,20 +233,23 @@ class RolloutService:
         files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
         if not files or any(f.suffix != ".safetensors" for f in files):
             raise RequestError(f"weights path {path!r} is not a safetensors file or a folder of them")
+        from rollout.weight_update import StaleWeightUpdate, WeightUpdate, WeightUpdateError, check_version
+
         async with self._weights_lock:
-            if version <= self.version:
-                raise RequestError(f"stale weight update: version {version} <= current version {self.version}",
-                                   409, "stale_version")
+            try:
+                check_version(version, self.version)
+            except StaleWeightUpdate as e:
+                raise RequestError(str(e), 409, "stale_version") from None
+            except WeightUpdateError as e:
+                raise RequestError(str(e), 400) from None
             digest = await asyncio.to_thread(file_sha256, p)
             if not sha256 or digest != sha256.lower():
                 raise RequestError(f"sha256 mismatch for {path!r}: got {sha256!r}, file has {digest}", 400,
                                    "checksum_mismatch")
-            self.check_weight_files(p)
-            from rollout.engine import WeightUpdateError
-
+            self.check_weight_files(files)
             t0 = time.perf_counter()
             try:
-                recs = await self.router.aload_files(version, [str(f) for f in files])
+                recs = await self.router.apublish(WeightUpdate(version, files=[str(f) for f in files]))
             except WeightUpdateError as e:
                 raise RequestError(str(e), 400, "bad_weights") from e
             except Exception as e:  # noqa: BLE001 - Ray wraps the worker's WeightUpdateError
@@ -260,43 +264,32 @@ class RolloutService:
             self.m_stall.set(stall_s)
             return {"version": version, "sync_s": sync_s, "stall_s": stall_s, "workers": len(recs)}
 
-    def check_weight_files(self, path: Path) -> None:
+    def check_weight_files(self, files: list[Path]) -> None:
         """Refuse (400, naming tensor and file) an update that is unreadable, lacks a tensor of the served
         model, has one it does not know, or has one of another shape; the workers never see it, so the
         weights being served stay as they were. Without a local checkpoint to compare with (a hub id),
-        only readability is checked here and the engines check names and shapes."""
-        from pretraining.checkpoint import CheckpointError, tensor_index
+        only readability and dtypes are checked here and the engines check names and shapes."""
+        from rollout.weight_update import WeightUpdateError, read_specs, validate_specs
 
+        specs: dict = {}
         try:
-            got = tensor_index(path)
-        except CheckpointError as e:
+            for f in files:
+                got = read_specs(f)  # its error names the file
+                try:
+                    validate_specs(got, self._model_specs)
+                except WeightUpdateError as e:
+                    raise WeightUpdateError(f"{f.name}: {e}") from None
+                specs.update(got)
+            try:
+                validate_specs(specs, self._model_specs, complete=True)
+            except WeightUpdateError as e:
+                raise WeightUpdateError(f"{', '.join(f.name for f in files)}: {e}") from None
+        except WeightUpdateError as e:
             raise RequestError(str(e), 400, "bad_weights") from None
-        want = self._model_tensors
-        if not want:
-            return
-        for name, (file, shape) in got.items():
-            if name not in want:
-                raise RequestError(f"{file}: unknown tensor {name!r}; the served model has no such parameter",
-                                   400, "bad_weights")
-            if shape != want[name][1]:
-                raise RequestError(f"{file}: tensor {name!r} has shape {shape}, the served model expects "
-                                   f"{want[name][1]}", 400, "bad_weights")
-        missing = sorted(set(want) - set(got))
-        if missing:
-            files = ", ".join(sorted({f for f, _ in got.values()}))
-            raise RequestError(f"tensor {missing[0]!r} is missing from {files} ({len(missing)} of the served model's "
-                               f"{len(want)} tensors missing); an update must carry every tensor", 400, "bad_weights")
 
     def status(self) -> dict[str, Any]:
         return {"model": self.model_name, "weight_version": self.version, "workers": self.router.num_alive,
                 "queue_depth": self.active, "in_flight": sum(self.router.load)}
-
-
-def model_tensors(model: str) -> dict[str, tuple[str, list[int]]]:
-    """Tensors of the served checkpoint (``name -> (file, shape)``), or {} when it is not a local folder."""
-    from pretraining.checkpoint import tensor_index
-
-    return tensor_index(model) if Path(model).is_dir() and any(Path(model).glob("*.safetensors")) else {}
 
 
 # ---------------------------------------------------------------------- process entry
@@ -344,7 +337,7 @@ def main(cfg: RolloutServerConfig) -> int:
 
     import ray
 
-    from rollout.router import RolloutRouter
+    from rollout.fleet import RolloutFleet
     from rollout.worker import create_workers
 
     if not Path(cfg.rollout.model).exists() and "/" not in cfg.rollout.model:
@@ -361,7 +354,7 @@ def main(cfg: RolloutServerConfig) -> int:
     ray.init(address=cfg.ray_address, include_dashboard=False, ignore_reinit_error=True)
     log.info("starting %d rollout worker(s) for %s", cfg.rollout.num_workers, cfg.rollout.model)
     workers = create_workers(cfg.rollout)
-    router = RolloutRouter(workers, cfg.rollout.max_in_flight)
+    router = RolloutFleet(workers, cfg.rollout.max_in_flight)
     service = RolloutService(cfg, router, load_tokenizer(cfg.rollout.model))
 
     async def run() -> None:

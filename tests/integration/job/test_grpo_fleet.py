@@ -1,4 +1,4 @@
-"""``services.grpo_fleet.RolloutFleet`` on real Ray with small fake rollout workers (seconds, not minutes).
+"""``rollout.fleet.RolloutFleet`` on real Ray with small fake rollout workers (seconds, not minutes).
 
 The fakes implement exactly what the fleet calls on a ``rollout.worker.RolloutWorker`` (``health``,
 ``watch``, ``ready``, ``load_weights``, ``start_continuous``, ``stop_continuous``, ``stats``, and
@@ -12,6 +12,9 @@ with real vLLM workers is ``test_job_faults.py`` (minutes).
   its continuous loop restarts; killed again with its restarts used up, it is dropped;
 - a publish made while a worker rejoins reaches it (before or after its engine start, and while it loads
   the older version);
+- a publish Ray delivered to the restarted incarnation before the driver noticed the death is awaited,
+  not repeated: the update is applied once and the worker rejoins (it used to be declared dead on the
+  refused duplicate, "stale weight update: version 4 <= current version 4", ending the job);
 - a worker whose restarts are used up is dropped, the other serves on; with none left ``poll`` fails
   naming them;
 - ``map`` runs a payload whose worker died again on a live incarnation;
@@ -32,8 +35,8 @@ from typing import Any
 import pytest
 import ray
 
-from rollout.weight_update import check_version
-from services.grpo_fleet import RolloutFleet
+from rollout.fleet import RolloutFleet
+from rollout.weight_update import WeightUpdate, check_version
 
 DEADLINE_S = 60.0
 IDS = ["rollout-0", "rollout-1"]
@@ -70,10 +73,10 @@ class FakeWorker:
         await self._enter("ready")
         return await self.stats()
 
-    async def load_weights(self, version: int, weights: dict) -> dict:
-        await self._enter("load_weights", version, weights)
-        self.version = check_version(version, self.version)  # the engine's own check: a stale update is refused
-        return {"version": version}
+    async def load_weights(self, update: WeightUpdate) -> dict:
+        await self._enter("load_weights", update.version, await update.tensors)
+        self.version = check_version(update.version, self.version)  # the engine's check: stale is refused
+        return {"version": update.version}
 
     async def start_continuous(self, source, sink, sampling: dict, max_in_flight: int) -> None:
         await self._enter("start_continuous", self.version, sampling, max_in_flight)
@@ -127,6 +130,11 @@ class FakePromptSource:
 
     def requeue_calls(self) -> list[tuple[str, int]]:
         return list(self.requeued)
+
+
+def update(version: int) -> WeightUpdate:
+    """What the learner publishes: the version, and the tensors (here a stand-in dict) in the object store."""
+    return WeightUpdate(version, tensors=ray.put({"w": float(version)}))
 
 
 def wait_until(what: str, cond: Callable[[], bool], fleet: RolloutFleet | None = None,
@@ -189,7 +197,7 @@ def start_generating(fleet: RolloutFleet, workers: list[Any], source: Any) -> No
 def test_killed_worker_is_requeued_and_rejoins_with_the_current_weights(make_fleet):
     fleet, workers, source, _ = make_fleet(max_restarts=1)
     old = fleet.incarnation[0]
-    fleet.publish(3, ray.put({"w": 3.0}), wait=True)
+    fleet.publish(update(3), wait=True)
     start_generating(fleet, workers, source)
 
     ray.kill(workers[0], no_restart=False)
@@ -217,7 +225,7 @@ def test_killed_worker_is_requeued_and_rejoins_with_the_current_weights(make_fle
                          ids=["during-engine-start", "during-older-load"])
 def test_publish_while_rejoining_reaches_the_worker(make_fleet, held, loads):
     fleet, workers, source, hold = make_fleet(max_restarts=1)
-    fleet.publish(3, ray.put({"w": 3.0}), wait=True)
+    fleet.publish(update(3), wait=True)
     start_generating(fleet, workers, source)
     (hold / f"rollout-0.{held}").touch()  # the new incarnation stops inside `held`
 
@@ -225,7 +233,7 @@ def test_publish_while_rejoining_reaches_the_worker(make_fleet, held, loads):
     wait_until(f"the restarted rollout-0 is inside {held}",
                lambda: fleet.restarts == 1 and held in [c[0] for c in answers(workers[0], "calls") or []], fleet)
     assert fleet.state == ["rejoining", "up"]
-    fleet.publish(4, ray.put({"w": 4.0}), wait=True)  # reaches rollout-1 now, rollout-0 once it is back
+    fleet.publish(update(4), wait=True)  # reaches rollout-1 now, rollout-0 once it is back
     assert answers(workers[1])["version"] == 4
     (hold / f"rollout-0.{held}").unlink()
     wait_until("rollout-0 is up again", lambda: fleet.state[0] == "up", fleet)
@@ -243,7 +251,7 @@ def test_publish_that_reaches_the_restarted_incarnation_is_applied_once(make_fle
     The fleet awaits that publish before it decides what the worker holds: v4 is applied once, the rejoin
     sends no second copy, and the worker is up (it used to be declared dead on the refused duplicate)."""
     fleet, workers, source, hold = make_fleet(max_restarts=1)
-    fleet.publish(3, ray.put({"w": 3.0}), wait=True)
+    fleet.publish(update(3), wait=True)
     start_generating(fleet, workers, source)
     old = fleet.incarnation[0]
 
@@ -252,7 +260,7 @@ def test_publish_that_reaches_the_restarted_incarnation_is_applied_once(make_fle
                lambda: (answers(workers[0]) or {}).get("incarnation", old) != old)
     assert fleet.state == ["up", "up"]
     (hold / "rollout-0.load_weights").touch()  # the new incarnation holds the update it was just sent
-    fleet.publish(4, ray.put({"w": 4.0}), wait=False)
+    fleet.publish(update(4), wait=False)
     wait_until("the fleet waits for the publish it had in flight",
                lambda: 0 in fleet._rejoin and fleet._rejoin[0].step == "settle", fleet)
     (hold / "rollout-0.load_weights").unlink()
@@ -276,7 +284,7 @@ def test_worker_without_restarts_is_dropped_then_the_job_fails_naming_them(make_
     assert fleet.state == ["dead", "up"] and fleet.up() == [1]
     assert fleet.restarts == 0 and fleet.recoveries == []
     assert ray.get(source.requeue_calls.remote()) == [("rollout-0", 2)]
-    fleet.publish(5, ray.put({"w": 5.0}), wait=True)  # the other one serves on
+    fleet.publish(update(5), wait=True)  # the other one serves on
     assert answers(workers[1])["version"] == 5
     assert [s["worker_id"] for s in fleet.stats()] == ["rollout-1"]
     assert [r["worker"] for r in fleet.map("generate", [{"x": 1}, {"x": 2}], {})] == ["rollout-1"] * 2

@@ -59,13 +59,13 @@ def worker(ray_session, rollout_cfg):
 @pytest.fixture(scope="session")
 def service(worker, rollout_cfg, tiny_model):
     """The rollout service (HTTP + gRPC) on free loopback ports, in a background thread."""
-    from rollout.router import RolloutRouter
+    from rollout.fleet import RolloutFleet
     from services.rollout_server import RolloutServerConfig, RolloutService, load_tokenizer, serve
 
     cfg = RolloutServerConfig(model=tiny_model, rollout=rollout_cfg, http_port=free_port(), grpc_port=free_port(),
                               auth_token=TOKEN, max_tokens=256, max_n=8, max_prompt_tokens=256,
                               weights_root=os.path.dirname(tiny_model))
-    svc = RolloutService(cfg, RolloutRouter([worker], rollout_cfg.max_in_flight), load_tokenizer(tiny_model))
+    svc = RolloutService(cfg, RolloutFleet([worker], rollout_cfg.max_in_flight), load_tokenizer(tiny_model))
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict = {}

@@ -65,3 +65,29 @@ def test_nccl_update_in_flight(ray_session, tiny_model, tp):
             assert s["finish_reason"] in ("stop", "length") and s["versions"] == sorted(s["versions"])
     ray.kill(sender)
     ray.kill(w)
+
+
+def test_collective_update_into_a_gpu_engine(ray_session, tiny_model):
+    """The job's collective transport (gloo broadcast, received in host memory, ``reload_weights`` on the
+    GPU) into one engine on one GPU, with requests in flight."""
+    if _gpus() < 1:
+        pytest.skip("needs a GPU")
+    ray = ray_session
+    from rollout.config import RolloutConfig
+    from rollout.fleet import RolloutFleet
+    from rollout.weight_update import WeightUpdate
+    from rollout.worker import create_workers
+    from tests.fixtures.tiny_checkpoint import perturbed_state_dict
+
+    cfg = RolloutConfig(model=tiny_model, dtype="float32", max_model_len=1024, num_gpus_per_worker=1,
+                        weight_transport="collective", gpu_memory_utilization=0.3)
+    [w] = create_workers(cfg, name_prefix="gpu-collective")
+    fleet = RolloutFleet([w], transport="collective", collective={"bucket_mib": 1})
+    ref = w.generate.remote([{"prompt_id": f"c{i}", "prompt_token_ids": [5, 6, 7 + i]} for i in range(8)],
+                            {"n": 2, "max_tokens": 400, "temperature": 1.0})
+    fleet.publish(WeightUpdate(1, tensors=ray.put(perturbed_state_dict(tiny_model, scale=0.05, seed=3))), wait=True)
+    assert fleet.last_publish["transport"] == "collective" and ray.get(w.get_version.remote()) == 1
+    groups = ray.get(ref)
+    assert all(s["versions"] == sorted(s["versions"]) for g in groups for s in g["samples"])
+    ray.kill(fleet.weight_group.broadcaster)
+    ray.kill(w)

@@ -1,12 +1,14 @@
 """In-flight weight sync on a real vLLM worker: exact per-token versions, logprobs that match a
 transformers forward pass of the weights that produced them, no lost or restarted requests,
-rejected updates leave the old weights in place."""
+rejected updates leave the old weights in place; through the object store and through the
+collective transport (a gloo broadcast from a sender actor into the engine's worker process)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from rollout.weight_update import WeightUpdate
 from tests.fixtures.tiny_checkpoint import perturbed_state_dict
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42], [100, 3, 200, 7, 9], [11, 12]]
@@ -49,7 +51,7 @@ class _HF:
         return lp.gather(1, torch.tensor(completion)[:, None])[:, 0]
 
 
-def _generate_with_update_midway(ray, worker, version: int, weights: dict, max_tokens: int = 160):
+def _generate_with_update_midway(ray, worker, version: int, weights: dict, max_tokens: int = 160, fleet=None):
     """Start long completions, wait until tokens are flowing (watched through a streaming request
     batched with them), push ``version``, return (groups, sync record)."""
     sampling = {"n": 2, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0, "seed": 7}
@@ -64,7 +66,13 @@ def _generate_with_update_midway(ray, worker, version: int, weights: dict, max_t
         seen += len(deltas[-1]["token_ids"])
         if seen >= 20:
             break
-    rec = ray.get(worker.load_weights.remote(version, ray.put(weights)))
+    update = WeightUpdate(version, tensors=ray.put(weights))
+    if fleet is None:
+        rec = ray.get(worker.load_weights.remote(update))
+    else:  # the fleet forwards it by broadcast
+        fleet.publish(update, wait=True)
+        assert fleet.last_publish["transport"] == "collective", fleet.last_publish
+        rec = ray.get(worker.stats.remote())["syncs"][-1]
     deltas += [ray.get(piece) for piece in watch]  # let the watcher finish
     _check_streamed_versions(deltas, before=seen, old=version - 1, new=version)
     return ray.get(ref), rec
@@ -95,14 +103,33 @@ def hf(tiny_model):
     return _HF(tiny_model)
 
 
+@pytest.fixture(scope="module")
+def collective_fleet(worker):
+    """The shared worker in a fleet with the collective transport (small buckets: several per update)."""
+    from rollout.fleet import RolloutFleet
+
+    fleet = RolloutFleet([worker], transport="collective", collective={"bucket_mib": 1})
+    assert fleet.weight_group.ready_members(fleet.up()) == [0]  # joined before any generation starts
+    yield fleet
+    import ray
+
+    if fleet.weight_group.broadcaster is not None:
+        ray.kill(fleet.weight_group.broadcaster)
+
+
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_tokens_carry_their_version_and_logprobs_match_the_weights(ray_session, worker, tiny_model, hf,
-                                                                   pushed_weights):
+                                                                   pushed_weights, transport, request):
     ray = ray_session
+    fleet = request.getfixturevalue("collective_fleet") if transport == "collective" else None
     v0 = ray.get(worker.get_version.remote())
-    new = perturbed_state_dict(tiny_model, scale=0.05, seed=11)
-    hf.add(v0, pushed_weights[v0])
+    new = perturbed_state_dict(tiny_model, scale=0.05, seed=11 + (transport == "collective"))
+    if v0 not in hf.models:
+        hf.add(v0, pushed_weights[v0])
     hf.add(v0 + 1, new)
-    groups, rec = _generate_with_update_midway(ray, worker, v0 + 1, new)
+    groups, rec = _generate_with_update_midway(ray, worker, v0 + 1, new, fleet=fleet)
+    if fleet is not None:
+        assert rec["bytes"] == fleet.last_publish["bytes"] > 0 and fleet.weight_group.members == [0]
     pushed_weights[v0 + 1] = new
     assert rec["version"] == v0 + 1 and rec["in_flight"] > 0
     assert ray.get(worker.get_version.remote()) == v0 + 1

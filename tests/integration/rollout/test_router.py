@@ -1,16 +1,15 @@
-"""RolloutRouter logic on real Ray actors (stand-in workers with the RolloutWorker call surface, no
-vLLM: what is tested is the routing, not generation): load balancing, and a dead worker's prompts
-re-queued so a batch still yields exactly one group per prompt."""
+"""``RolloutFleet``'s batch mode on real Ray actors (stand-in workers with the RolloutWorker call
+surface, no vLLM: what is tested is the routing, not generation): load balancing, and a dead worker's
+prompts run again elsewhere so a batch still yields exactly one group per prompt. (Continuous mode,
+rejoining and weights: tests/integration/job/test_grpo_fleet.py.)"""
 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from rollout.prompts import create_prompt_source
-from rollout.router import NoLiveWorkers, RolloutRouter
+from rollout.fleet import NoLiveWorkers, RolloutFleet
 
 
 class StandInWorker:
@@ -29,11 +28,13 @@ class StandInWorker:
         return [{"group_id": p["prompt_id"], "prompt_token_ids": [1], "samples": [], "meta": {"worker": self.name}}
                 for p in prompts]
 
-    async def lease(self, source, k: int) -> int:
-        return len(await source.next.remote(k, self.name))
+    async def health(self) -> dict:
+        return {"worker_id": self.name, "incarnation": self.name, "version": 0, "continuous": False}
 
-    def ping(self) -> str:
-        return self.name
+    async def watch(self) -> None:
+        import asyncio
+
+        await asyncio.Event().wait()
 
 
 def _workers(ray, specs):
@@ -51,7 +52,7 @@ def _prompts(n):
 def test_balances_by_load(ray_session):
     ray = ray_session
     fast, slow = _workers(ray, [("fast", 0.01), ("slow", 0.3)])
-    groups = RolloutRouter([fast, slow], max_in_flight=2).generate(_prompts(20))
+    groups = RolloutFleet([fast, slow], max_in_flight=2).generate(_prompts(20))
     by = [g["meta"]["worker"] for g in groups]
     assert [g["group_id"] for g in groups] == [f"p{i}" for i in range(20)]
     assert by.count("fast") > by.count("slow") >= 1  # the idle worker gets the next prompt
@@ -60,27 +61,15 @@ def test_balances_by_load(ray_session):
 def test_dead_worker_prompts_are_requeued(ray_session):
     ray = ray_session
     good, doomed = _workers(ray, [("good", 0.02), ("doomed", 0.02, 3)])
-    router = RolloutRouter([good, doomed], max_in_flight=4)
-    groups = router.generate(_prompts(16))
+    fleet = RolloutFleet([good, doomed], max_in_flight=4)
+    groups = fleet.generate(_prompts(16))
     assert [g["group_id"] for g in groups] == [f"p{i}" for i in range(16)]  # exactly one group each
-    assert router.alive == [True, False] and router.requeued >= 1
+    assert fleet.state == ["up", "dead"] and fleet.requeued >= 1
     assert all(g["meta"]["worker"] == "good" for g in groups[-4:])
 
 
 def test_all_dead_raises(ray_session):
     [doomed] = _workers(ray_session, [("doomed", 0.0, 1)])
     with pytest.raises(NoLiveWorkers):
-        RolloutRouter([doomed]).generate(_prompts(2))
+        RolloutFleet([doomed]).generate(_prompts(2))
 
-
-def test_dead_worker_leases_go_back_to_the_source(ray_session):
-    ray = ray_session
-    source = create_prompt_source(_prompts(6))
-    a, b = _workers(ray, [("rollout-0", 0.0), ("rollout-1", 0.0)])
-    assert ray.get(b.lease.remote(source, 4)) == 4
-    router = RolloutRouter([a, b])
-    router._source = source
-    ray.kill(b)
-    time.sleep(0.5)
-    assert router.check_workers(timeout_s=10) == ["rollout-1"]
-    assert ray.get(source.depth.remote()) == 6 and ray.get(source.leased.remote()) == 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rollout.prompts import GroupSink, create_prompt_source
+from rollout.weight_update import WeightUpdate, WeightUpdateError
 from tests.fixtures.tiny_checkpoint import perturbed_state_dict
 
 
@@ -33,7 +34,7 @@ def test_no_loss_in_batch_mode_with_updates_in_between(ray_session, worker, tiny
     ref = worker.generate.remote(prompts, {"n": 3, "max_tokens": 60, "temperature": 1.0})
     for k in (1, 2):
         sd = perturbed_state_dict(tiny_model, scale=0.01, seed=100 + v + k)
-        rec = ray.get(worker.load_weights.remote(v + k, ray.put(sd)))
+        rec = ray.get(worker.load_weights.remote(WeightUpdate(v + k, tensors=ray.put(sd))))
         pushed_weights[v + k] = sd
         assert rec["version"] == v + k and rec["stall_s"] >= 0
     groups = ray.get(ref)
@@ -53,7 +54,7 @@ def test_no_loss_in_continuous_mode_with_updates_in_between(ray_session, worker,
         while ray.get(sink.count.remote()) < 3 * k:  # updates land while groups are streaming out
             time.sleep(0.05)
         sd = perturbed_state_dict(tiny_model, scale=0.01, seed=200 + v + k)
-        ray.get(worker.load_weights.remote(v + k, ray.put(sd)))
+        ray.get(worker.load_weights.remote(WeightUpdate(v + k, tensors=ray.put(sd))))
         pushed_weights[v + k] = sd
     deadline = time.time() + 300
     while ray.get(sink.count.remote()) < len(prompts) and time.time() < deadline:
@@ -86,9 +87,8 @@ def test_bad_update_is_rejected_and_old_weights_stay(ray_session, worker, tiny_m
         sd["lm_head.weight"] = [1.0, 2.0]
     else:
         sd["lm_head.weight"] = sd["lm_head.weight"].to(torch.int32)
-    with pytest.raises(ray.exceptions.RayTaskError) as info:
-        ray.get(worker.load_weights.remote(version, sd))
-    assert "WeightUpdateError" in str(info.value)
+    with pytest.raises(WeightUpdateError):  # Ray re-raises the worker's refusal as its own class
+        ray.get(worker.load_weights.remote(WeightUpdate(version, tensors=sd)))
     assert ray.get(worker.get_version.remote()) == v
     after = _greedy(ray, worker)
     for a, b in zip(before, after):  # same weights -> same greedy tokens and log-probs

@@ -88,7 +88,10 @@ def test_version_spans_expand_per_token():
 def test_validate_update_messages():
     import torch
 
-    from rollout.engine import WeightUpdateError, validate_update
+    from rollout.weight_update import WeightUpdate, WeightUpdateError
+
+    def validate_update(version, current, tensors, expected):
+        WeightUpdate(version, tensors=tensors).validate(current, expected)
 
     expected = {"w": ([2, 2], "F32")}
     ok = {"w": torch.zeros(2, 2)}

@@ -1,11 +1,18 @@
-"""The GRPO job's rollout workers as one fleet that survives worker deaths (``services.grpo_job``).
+"""``RolloutFleet``: the rollout workers (:class:`rollout.worker.RolloutWorker` actors) as one fleet
+that survives worker deaths; the GRPO job, the rollout service and the benchmarks all drive it.
 
-Each worker always has a ``watch()`` call in flight; the driver checks those refs with a local
-``ray.wait(timeout=0)`` every loop iteration (no RPC), so a death is seen at once. A dead worker's
-leased prompts go back to the prompt source, Ray restarts the actor (``rollout.worker_restarts``), and
-the fleet brings the new incarnation back one non-blocking call at a time: start the engine, load the
-current weights, restart continuous generation. Training never stops for it. A worker Ray will not
-restart again is dropped; with none left the job fails naming them.
+- **continuous generation** (the job): each worker always has a ``watch()`` call in flight; the
+  driver checks those refs with a local ``ray.wait(timeout=0)`` every loop iteration (:meth:`poll`,
+  no RPC), so a death is seen at once. A dead worker's leased prompts go back to the prompt source, Ray
+  restarts the actor (``rollout.worker_restarts``), and the fleet brings the new incarnation back one
+  non-blocking call at a time: start the engine, load the current weights, restart continuous
+  generation. A worker Ray will not restart again is dropped; with none left the job fails naming them.
+- **batches** (the service, benchmarks): :meth:`generate` / :meth:`agenerate` send one prompt per call
+  to the least-loaded up worker (at most ``max_in_flight`` each); a prompt whose worker dies is run on
+  another, so a batch yields exactly one group per prompt. :meth:`map` spreads whole payloads (the
+  job's evaluation shards).
+- **weights**: :meth:`publish` / :meth:`apublish` forward one :class:`rollout.weight_update.WeightUpdate`
+  to every up worker; a rejoining worker gets the latest one when it is back.
 """
 
 from __future__ import annotations
@@ -15,9 +22,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rollout.weight_update import stale_cause
+from rollout.weight_update import WeightUpdate, stale_cause
 
 log = logging.getLogger("flywheel.grpo")
+
+
+class NoLiveWorkers(RuntimeError):
+    """Every rollout worker is dead."""
+
 
 @dataclass
 class _Rejoin:
@@ -62,10 +74,22 @@ class RolloutFleet:
     REJOIN_TIMEOUT_S = 1800.0
     """A lost worker not back after this long counts as dead (a vLLM start is 40-300 s on 2 cores)."""
 
-    def __init__(self, workers: list[Any]):
+    def __init__(self, workers: list[Any], max_in_flight: int = 16, transport: str = "object_store",
+                 collective: dict[str, Any] | None = None):
+        """``transport``: ``object_store`` or ``collective`` (a broadcast, :class:`rollout.weight_sync.WeightGroup`
+        built with the ``collective`` keyword arguments: ``bucket_mib``, ``dtype``, ``ranks_per_worker``,
+        ``broadcaster_options``)."""
         import ray
 
+        if not workers:
+            raise ValueError("RolloutFleet needs at least one worker")
         self.workers = list(workers)
+        self.max_in_flight = max_in_flight
+        """Batch mode: prompts outstanding on one worker at most."""
+        self.load = [0] * len(self.workers)
+        """Batch mode: prompts outstanding per worker."""
+        self.requeued = 0
+        """Batch mode: prompts run again because their worker died."""
         health = ray.get([w.health.remote() for w in self.workers])
         self.ids = [h["worker_id"] for h in health]
         self.incarnation = [h["incarnation"] for h in health]
@@ -73,17 +97,38 @@ class RolloutFleet:
         """``up``, ``rejoining`` or ``dead`` per worker."""
         self._watch = {i: w.watch.remote() for i, w in enumerate(self.workers)}
         self._rejoin: dict[int, _Rejoin] = {}
-        self.version, self.weights = 0, None
-        """The last published version and its weights (an ObjectRef), for rejoining workers."""
+        self.update: WeightUpdate | None = None
+        """The last published update, for rejoining workers."""
         self.continuous: tuple | None = None
         """``start_continuous`` arguments while a stage trains (a rejoined worker resumes with them)."""
         self.publish_refs: dict[int, Any] = {}
         self.restarts = 0
+        self.weight_group = None
+        if transport == "collective":
+            from rollout.weight_sync import WeightGroup
+
+            self.weight_group = WeightGroup(self.workers, self.ids, **(collective or {}))
+        self._broadcast: Any = None
+        """The broadcaster's call of the publish in flight (collective transport)."""
+        self._broadcast_to: set[int] = set()
+        """Workers the publish in flight was sent to by broadcast."""
+        self._publish_recs: list[dict] = []
+        self.last_publish: dict[str, Any] = {}
+        """The last publish that landed: version, transport, bytes moved, seconds to hand over, stall."""
         self.recoveries: list[dict[str, Any]] = []
         """Per rejoined worker: id, weight version it got, seconds from death to generating again."""
 
+    @property
+    def version(self) -> int:
+        """Version of the last published update (0: none)."""
+        return self.update.version if self.update is not None else 0
+
     def up(self) -> list[int]:
         return [i for i, st in enumerate(self.state) if st == "up"]
+
+    @property
+    def num_alive(self) -> int:
+        return len(self.up())
 
     # ---- failure handling ---------------------------------------------------------------------------
     def poll(self) -> int:
@@ -178,9 +223,9 @@ class RolloutFleet:
         if r.step in ("ready", "load"):  # no other weight call of ours is in flight to it: this is exact
             r.version = int(out["version"])
         r.running = r.running or r.step == "start"
-        if self.weights is not None and self.version > r.version:  # current weights first
+        if self.update is not None and self.version > r.version:  # current weights first
             r.step = "load"
-            r.ref = w.load_weights.remote(self.version, self.weights)
+            r.ref = w.load_weights.remote(self.update)
         elif self.continuous is not None and not r.running:
             r.step, r.ref = "start", w.start_continuous.remote(*self.continuous)
         else:
@@ -188,6 +233,8 @@ class RolloutFleet:
 
     def _up(self, i: int, r: _Rejoin) -> None:
         del self._rejoin[i]
+        if self.weight_group is not None:
+            self.weight_group.rejoined(i)
         self.state[i] = "up"
         self._watch[i] = self.workers[i].watch.remote()
         rec = {"worker": self.ids[i], "version": r.version, "requeued": r.requeued,
@@ -210,14 +257,33 @@ class RolloutFleet:
         return self.up()
 
     # ---- calls on the workers -----------------------------------------------------------------------
-    def publish(self, version: int, weights: Any, wait: bool) -> None:
-        """Send ``weights`` as ``version`` to every up worker (rejoining ones get them when they are back)."""
+    def publish(self, update: WeightUpdate, wait: bool) -> None:
+        """Send ``update`` to every up worker (rejoining ones get it when they are back): by broadcast to
+        the weight group's members with the collective transport, through the object store otherwise."""
         self.wait_published()  # never pile updates up: the previous one must have landed
-        self.version, self.weights = version, weights
+        self.update = update
+        self._publish_recs = []
+        members, sent = [], update
+        if self.weight_group is not None and update.tensors is not None:
+            members = self.weight_group.ready_members(self.up())
+            if members:
+                handle = self.weight_group.plan(update.tensors, update.version)
+                sent = WeightUpdate(update.version, collective=handle, specs=handle["specs"])
+                self._broadcast = self.weight_group.broadcast(update.tensors, handle)
+        self._broadcast_to = set(members)
         for i in self.up():
-            self.publish_refs[i] = (version, self.workers[i].load_weights.remote(version, weights))
+            self.publish_refs[i] = (update.version, self.workers[i].load_weights.remote(sent if i in members else update))
         if wait:
             self.wait_published()
+
+    async def apublish(self, update: WeightUpdate) -> list[dict]:
+        """Every up worker applies ``update`` (asyncio; the service). Returns their sync records; a
+        worker's refusal (a :class:`rollout.weight_update.WeightUpdateError`) propagates."""
+        import asyncio
+
+        recs = await asyncio.gather(*(self.workers[i].load_weights.remote(update) for i in self.up()))
+        self.update = update
+        return list(recs)
 
     def wait_published(self) -> None:
         """Wait for the last publish on the workers still up (a worker dying meanwhile is dropped)."""
@@ -231,15 +297,57 @@ class RolloutFleet:
                 if ref in done:
                     del self.publish_refs[i]
                     try:
-                        ray.get(ref)
+                        self._publish_recs.append(ray.get(ref))
                     except RayActorError:
                         pass  # its watch fails too: poll() re-queues and rejoins it
                     except Exception as e:
-                        if stale_cause(e) is None:
+                        if stale_cause(e) is not None:
+                            log.warning("rollout worker %s already held weights v%d (%s)", self.ids[i], version,
+                                        stale_cause(e))
+                        elif i in self._broadcast_to:
+                            # the broadcast did not reach it: the same update through the object store
+                            log.warning("rollout worker %s: broadcast of v%d failed (%s); sending it through the "
+                                        "object store", self.ids[i], version, str(e).splitlines()[-1])
+                            self.weight_group.broken(f"{self.ids[i]}: {type(e).__name__}")
+                            self._broadcast_to.discard(i)
+                            self.publish_refs[i] = (version, self.workers[i].load_weights.remote(self.update))
+                        else:
                             raise
-                        log.warning("rollout worker %s already held weights v%d (%s)", self.ids[i], version,
-                                    stale_cause(e))
             self.poll()
+        self._finish_publish()
+
+    def publish_metrics(self) -> dict[str, float]:
+        """``last_publish`` as flat numbers for the metrics log (empty before the first update landed)."""
+        lp = self.last_publish
+        if not lp:
+            return {}
+        return {"weight_update_version": lp["version"], "weight_bytes": lp["bytes"],
+                "weight_handover_s": lp["handover_s"], "weight_stall_s": lp["stall_s"],
+                "weight_collective": float(lp["transport"] == "collective")}
+
+    def _finish_publish(self) -> None:
+        """Record what the publish that just landed cost (``last_publish``): bytes the workers received,
+        hand-over seconds (slowest worker, from its call arriving to generating with the new weights:
+        fetching, staging or receiving, preparing, the swap), the longest generation stall."""
+        import ray
+
+        if not self._publish_recs and self._broadcast is None:
+            return
+        sent: dict[str, float] = {}
+        if self._broadcast is not None:
+            try:
+                sent = ray.get(self._broadcast, timeout=60)
+            except Exception as e:  # noqa: BLE001 - its receivers already got the update another way
+                self.weight_group.broken(f"broadcaster: {type(e).__name__}")
+            self._broadcast = None
+        recs = self._publish_recs
+        self.last_publish = {
+            "version": self.version, "transport": "collective" if sent else "object_store",
+            "bytes": sum(float(r.get("bytes", 0)) for r in recs),
+            "handover_s": max((float(r.get("fetch_s", 0.0)) + float(r.get("sync_s", 0.0)) for r in recs), default=0.0),
+            "stall_s": max((float(r.get("stall_s", 0.0)) for r in recs), default=0.0),
+            "broadcast_s": sent.get("seconds"), "sender_peak_extra_bytes": sent.get("peak_extra_bytes")}
+        self._publish_recs = []
 
     def start_continuous(self, source: Any, sink: Any, sampling: dict, max_in_flight: int) -> None:
         self.continuous = (source, sink, sampling, max_in_flight)
@@ -278,6 +386,70 @@ class RolloutFleet:
             except Exception as e:  # a worker dying now is the watch's business, not the metrics'
                 log.warning("worker stats unavailable: %s", type(e).__name__)
         return out
+
+    # ---- batches (least-loaded, one prompt per call) --------------------------------------------------
+    def pick(self) -> int:
+        """Index of the up worker with the fewest outstanding prompts."""
+        live = self.up()
+        if not live:
+            raise NoLiveWorkers(f"every rollout worker is dead ({', '.join(self.ids)})")
+        return min(live, key=lambda i: (self.load[i], i))
+
+    def mark_dead(self, i: int, err: BaseException | None = None) -> None:
+        """Drop worker ``i`` (batch mode: a call on it failed with a Ray actor error)."""
+        if self.state[i] != "dead":
+            log.warning("rollout worker %s died (%s); its prompts run elsewhere", self.ids[i], err)
+        self._watch.pop(i, None)
+        self._rejoin.pop(i, None)
+        self.state[i] = "dead"
+
+    def generate(self, prompts: list[dict], sampling: dict | None = None) -> list[dict]:
+        """One group per prompt, in prompt order, spread over the up workers by load."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pending = list(range(len(prompts)))[::-1]  # pop() takes the next prompt
+        results: list[dict | None] = [None] * len(prompts)
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (worker index, prompt index)
+        while pending or running:
+            while pending:
+                w = self.pick()  # raises NoLiveWorkers
+                if self.load[w] >= self.max_in_flight:
+                    break
+                j = pending.pop()
+                running[self.workers[w].generate.remote([prompts[j]], sampling)] = (w, j)
+                self.load[w] += 1
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                w, j = running.pop(ref)
+                self.load[w] -= 1
+                try:
+                    results[j] = ray.get(ref)[0]
+                except RayActorError as e:
+                    self.mark_dead(w, e)
+                    pending.append(j)
+                    self.requeued += 1
+        return results  # type: ignore[return-value]
+
+    async def agenerate_one(self, prompt: dict, sampling: dict | None = None) -> dict:
+        """One group (asyncio; the service). Runs again on another worker if the chosen one dies."""
+        from ray.exceptions import RayActorError
+
+        while True:
+            w = self.pick()
+            self.load[w] += 1
+            try:
+                return (await self.workers[w].generate.remote([prompt], sampling))[0]
+            except RayActorError as e:
+                self.mark_dead(w, e)
+                self.requeued += 1
+            finally:
+                self.load[w] -= 1
+
+    async def agenerate(self, prompts: list[dict], sampling: dict | None = None) -> list[dict]:
+        import asyncio
+
+        return list(await asyncio.gather(*(self.agenerate_one(p, sampling) for p in prompts)))
 
     def map(self, method: str, payloads: list[Any], *args: Any) -> list[Any]:
         """``method(payload, *args)`` for every payload, spread over the up workers; a payload whose worker

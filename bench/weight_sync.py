@@ -1,0 +1,194 @@
+"""Benchmark: weight updates through the Ray object store vs the collective (gloo broadcast) transport.
+
+    python bench/weight_sync.py                      # tiny model and a ~100M-parameter random Qwen3
+    python bench/weight_sync.py --sizes tiny --updates 3
+
+For each model: one real vLLM CPU rollout worker generating continuously (requests in flight), and
+the same weights published ``--updates`` times through each transport by a :class:`rollout.fleet.RolloutFleet`
+(the learner's side is a ``ray.put`` of the state dict on the same node, as the learner's
+``publish_weights`` leaves it). Per update: seconds to hand over (publish -> every worker applied it),
+the generation stall (client-side pause window, and the model's idle gap measured in the engine), and
+the peak extra memory while the update is in flight: on the sender side (the broadcaster's bucket; the
+object store path has no sender process beyond the store) and on the receiver side (RSS of the worker
+actor and its vLLM engine process above their level before the update, plus ``/dev/shm`` staging),
+sampled every 5 ms. Prints one table per model with the collective / object store ratios of the same
+run. Numbers from a shared or loaded machine say so: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SIZES = {"tiny": {}, "100m": {"hidden_size": 768, "num_layers": 17, "num_heads": 12}}
+"""Model shapes (``tests.fixtures.tiny_checkpoint.build_tiny_qwen3`` arguments); 100m: ~101M parameters."""
+
+
+class MemorySampler:
+    """Peak RSS above a baseline of a set of processes (and ``/dev/shm`` use), sampled in a thread."""
+
+    def __init__(self, pids: list[int]) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(p) for p in pids]
+        self.base = self._now()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _now(self) -> int:
+        rss = 0
+        for p in self.procs:
+            try:
+                rss += p.memory_info().rss
+            except Exception:  # noqa: BLE001 - a process that went away holds nothing
+                pass
+        st = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
+        return rss + ((st.f_blocks - st.f_bfree) * st.f_frsize if st else 0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._now() - self.base)
+            time.sleep(0.005)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def worker_pids(worker) -> list[int]:
+    """The rollout worker actor's pid and its children's (the vLLM engine core process)."""
+    import psutil
+    import ray
+
+    pid = ray.get(worker.health.remote())["pid"]
+    return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+def run_transport(fleet, worker, weights_ref, start_version: int, updates: int, sender_pids) -> list[dict]:
+    """``updates`` publishes of ``weights_ref`` through ``fleet``; one measurement dict per update."""
+    import ray
+
+    from rollout.weight_update import WeightUpdate
+
+    out = []
+    for k in range(updates):
+        version = start_version + k
+        rx_pids = worker_pids(worker)
+        with MemorySampler(rx_pids) as rx, MemorySampler(sender_pids()) as tx:
+            t0 = time.perf_counter()
+            fleet.publish(WeightUpdate(version, tensors=weights_ref), wait=True)
+            handover = time.perf_counter() - t0
+        time.sleep(1.0)  # the engine fills idle_s once the step after the update has started
+        rec = ray.get(worker.stats.remote())["syncs"][-1]
+        assert rec["version"] == version, rec
+        out.append({"handover_s": handover, "stall_s": rec["stall_s"], "idle_s": rec["idle_s"],
+                    "rx_peak_bytes": rx.peak, "tx_peak_bytes": tx.peak,
+                    "transport": fleet.last_publish.get("transport"), "bytes": fleet.last_publish.get("bytes")})
+    return out
+
+
+def bench_model(size: str, workdir: Path, updates: int, max_tokens: int) -> dict[str, list[dict]]:
+    import ray
+
+    from rollout.config import RolloutConfig
+    from rollout.fleet import RolloutFleet
+    from rollout.prompts import GroupSink, create_prompt_source
+    from rollout.worker import create_workers
+    from tests.fixtures.tiny_checkpoint import build_tiny_qwen3, perturbed_state_dict
+
+    model = workdir / f"qwen3-{size}"
+    if not (model / "config.json").is_file():
+        build_tiny_qwen3(model, **SIZES[size])
+    weights = perturbed_state_dict(model, scale=0.01, seed=5)
+    params = sum(t.numel() for t in weights.values())
+    cfg = RolloutConfig(model=str(model), dtype="float32", max_model_len=512, kv_cache_gib=1, max_in_flight=4,
+                        num_cpus_per_worker=1, worker_restarts=0)
+    [worker] = create_workers(cfg, name_prefix=f"bench-{size}")
+    ref = ray.put(weights)
+    del weights
+    prompts = [{"prompt_id": f"p{i}", "prompt_token_ids": [5 + i % 50, 17, 30 + i % 40]} for i in range(100_000)]
+    source = create_prompt_source(prompts)
+    sink = ray.remote(GroupSink).options(num_cpus=0).remote()
+    ray.get(worker.start_continuous.remote(source, sink, {"n": 2, "max_tokens": max_tokens}, 4))
+    results: dict[str, list[dict]] = {}
+    try:
+        version = ray.get(worker.get_version.remote()) + 1
+        for transport in ("object_store", "collective"):
+            fleet = RolloutFleet([worker], transport=transport)
+
+            def sender_pids(fleet=fleet) -> list[int]:
+                group = fleet.weight_group
+                if group is None or group.broadcaster is None:
+                    return []
+                return [ray.get(group.broadcaster.__ray_call__.remote(lambda self: os.getpid()))]
+
+            if transport == "collective":  # form the group first: joining is a one-off, not a per-update cost
+                fleet.weight_group.ready_members(fleet.up())
+            results[transport] = run_transport(fleet, worker, ref, version, updates, sender_pids)
+            version += updates
+    finally:
+        ray.get(worker.stop_continuous.remote())
+        ray.kill(worker)
+    print(f"\n{size}: {params / 1e6:.1f}M parameters ({params * 4 / 2**20:.0f} MiB float32), {updates} updates "
+          f"per transport while generating")
+    return results
+
+
+def report(size: str, results: dict[str, list[dict]]) -> None:
+    def med(rows: list[dict], key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    keys = [("handover_s", "s / update (hand-over)", 1.0), ("stall_s", "stall, pause window (ms)", 1e3),
+            ("idle_s", "stall, model idle gap (ms)", 1e3), ("rx_peak_bytes", "peak extra memory, receiver (MiB)",
+                                                            2**-20),
+            ("tx_peak_bytes", "peak extra memory, sender (MiB)", 2**-20)]
+    print(f"| {size} (median) | object store | collective | collective / object store |")
+    print("| --- | --- | --- | --- |")
+    for key, label, scale in keys:
+        a, b = med(results["object_store"], key), med(results["collective"], key)
+        fa = "-" if a is None else f"{a * scale:.3f}"
+        fb = "-" if b is None else f"{b * scale:.3f}"
+        ratio = f"{b / a:.2f}x" if a and b is not None else "-"
+        print(f"| {label} | {fa} | {fb} | {ratio} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--updates", type=int, default=5, help="updates per transport and model")
+    ap.add_argument("--max-tokens", type=int, default=64, help="tokens per sample of the background generation")
+    ap.add_argument("--workdir", default="/tmp/flywheel-bench-weight-sync", help="where the models are written")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"load average before: {os.getloadavg()}")
+    all_results = {size: bench_model(size, workdir, args.updates, args.max_tokens) for size in args.sizes}
+    print(f"\nload average after: {os.getloadavg()} (numbers from a loaded machine are inflated)")
+    for size, res in all_results.items():
+        report(size, res)
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
