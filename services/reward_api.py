@@ -121,9 +121,10 @@ class ErrorOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
-    """``ok``, or ``unavailable`` (HTTP 503) when no verification can run."""
+    """``ok``; ``draining`` once shutdown has begun (``/readyz`` 503); ``unavailable`` when no verification can
+    run (``/healthz`` and ``/readyz`` 503)."""
     reason: str | None = None
-    """Why the service is unavailable (None when ok)."""
+    """Why the status is not ``ok``."""
     verifier_version: str
     cache: str
     """``up`` | ``down`` | ``disabled``."""

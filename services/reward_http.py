@@ -124,7 +124,7 @@ def build_app(service: RewardService) -> FastAPI:
     async def healthz():
         """Liveness: 503 when no verification can run (the verifier pool is broken)."""
         h = service.health()
-        return JSONResponse(h, status_code=503 if service.pool.state()["error"] else 200)
+        return JSONResponse(h, status_code=503 if h["status"] == "unavailable" else 200)
 
     @app.get("/readyz", response_model=HealthOut, responses=health_responses)
     async def readyz():

@@ -319,8 +319,9 @@ class RewardService:
         from rewards.verifier import VERIFIER_VERSION
 
         pool = self.pool.state()
+        status = "unavailable" if pool["error"] else "draining" if self.draining else "ok"
         reason = pool["error"] or ("shutting down" if self.draining else None)
-        return {"status": "unavailable" if reason else "ok", "reason": reason, "verifier_version": VERIFIER_VERSION,
+        return {"status": status, "reason": reason, "verifier_version": VERIFIER_VERSION,
                 "cache": self.cache.state(), "workers": pool["size"], "workers_ready": pool["ready"],
                 "pool_restarts": pool["restarts"], "draining": self.draining}
 
