@@ -56,9 +56,14 @@ def make_llm(checkpoint: str, *, max_model_len: int | None = None, seed: int = 0
 
     cfg = json.loads((Path(checkpoint) / "config.json").read_text())
     max_len = max_model_len or min(int(cfg.get("max_position_embeddings", 1024)), 1024)
-    return LLM(model=str(checkpoint), tokenizer=str(checkpoint), dtype="float32", max_model_len=max_len, seed=seed,
-               enforce_eager=True, disable_log_stats=True,
-               worker_extension_cls="pretraining.evaluate.CheckpointReloader")
+    from rollout.engine_startup import start_error
+
+    try:  # a start-up failure as one line (EngineStartError), the cause itself
+        return LLM(model=str(checkpoint), tokenizer=str(checkpoint), dtype="float32", max_model_len=max_len,
+                   seed=seed, enforce_eager=True, disable_log_stats=True,
+                   worker_extension_cls="pretraining.evaluate.CheckpointReloader")
+    except Exception as e:
+        raise start_error(e, str(checkpoint)) from None
 
 
 def load_weights(llm, checkpoint: str) -> None:

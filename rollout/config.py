@@ -11,6 +11,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+MAX_TEMPERATURE = 2.0
+"""Highest sampling temperature vLLM accepts."""
+
+
 class SamplingConfig(BaseModel):
     """How to sample a group of completions for one prompt."""
 
@@ -18,7 +22,7 @@ class SamplingConfig(BaseModel):
 
     n: int = Field(8, ge=1, le=1024)
     """Samples per prompt (the GRPO group size)."""
-    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
     """Sampling temperature; 0 is greedy."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
@@ -45,10 +49,14 @@ class RolloutConfig(BaseModel):
     """Prompts a worker keeps in flight in continuous mode (each expands to ``n`` sequences)."""
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     """GPUs per engine (tensor parallel); must be 1 on CPU."""
-    max_model_len: int = Field(2048, ge=16, le=1_048_576)
-    """Longest prompt + completion a sequence may reach."""
+    max_model_len: int | None = Field(None, ge=16, le=1_048_576)
+    """Longest prompt + completion a sequence may reach. None: what the checkpoint supports
+    (``max_position_embeddings`` in its ``config.json``), capped by what the caller needs (the service:
+    ``max_prompt_tokens + max_tokens``; the GRPO job: its longest stage). A value above the checkpoint's
+    limit is refused, naming both numbers."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Engine dtype; ``auto`` takes the checkpoint's."""
+    """Engine dtype; ``auto`` takes the checkpoint's own (``torch_dtype`` in its ``config.json``; vLLM's
+    own ``auto`` would run a float32 checkpoint in bfloat16)."""
     kv_cache_gib: int = Field(1, ge=1, le=4096)
     """CPU KV-cache size per engine in GiB (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPU."""
     cpu_threads_bind: list[str] | None = None
@@ -94,7 +102,28 @@ class RolloutConfig(BaseModel):
         if self.tensor_parallel_size > 1 and self.num_gpus_per_worker < self.tensor_parallel_size:
             raise ValueError(f"tensor_parallel_size = {self.tensor_parallel_size} needs num_gpus_per_worker >= "
                              f"{self.tensor_parallel_size}, got {self.num_gpus_per_worker}")
+        limit = checkpoint_max_len(self.model)
+        if self.max_model_len is not None and limit is not None and self.max_model_len > limit:
+            raise ValueError(f"max_model_len = {self.max_model_len} exceeds what the checkpoint {self.model} "
+                             f"supports ({limit}, max_position_embeddings in its config.json)")
         return self
+
+    def context_len(self, need: int | None = None) -> int:
+        """The engine's ``max_model_len``: the explicit value, else the checkpoint's limit capped by
+        ``need`` (else ``need``, else 2048 for a checkpoint whose config cannot be read here)."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        limit = checkpoint_max_len(self.model)
+        if limit is None:
+            return need or 2048
+        return min(limit, need) if need else limit
+
+    def engine_dtype(self) -> str:
+        """The dtype the engine runs: ``dtype``, with ``auto`` resolved to the checkpoint's own."""
+        if self.dtype != "auto":
+            return self.dtype
+        saved = checkpoint_config(self.model).get("torch_dtype") or checkpoint_config(self.model).get("dtype")
+        return saved if saved in ("float32", "bfloat16", "float16") else "auto"
 
     @property
     def model_name(self) -> str:
@@ -102,3 +131,38 @@ class RolloutConfig(BaseModel):
         from pathlib import PurePath
 
         return self.served_model_name or PurePath(self.model.rstrip("/")).name or self.model
+
+
+def checkpoint_config(model: str) -> dict:
+    """``config.json`` of a local checkpoint folder ({} for a hub id or an unreadable file)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model) / "config.json"
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length",
+                "max_seq_length", "seq_len")
+"""``config.json`` fields that bound a model's context (the ones vLLM itself reads; the smallest wins)."""
+
+
+def checkpoint_max_len(model: str) -> int | None:
+    """The longest sequence a local checkpoint supports (None when its config does not say), with a
+    linear/dynamic/yarn ``rope_scaling`` factor applied as vLLM applies it."""
+    cfg = checkpoint_config(model)
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    found = [int(cfg[k]) for k in CONTEXT_KEYS if isinstance(cfg.get(k), int) and not isinstance(cfg.get(k), bool)]
+    if not found:
+        return None
+    limit = min(found)
+    scaling = cfg.get("rope_scaling") or {}
+    factor = scaling.get("factor") if isinstance(scaling, dict) else None
+    kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    if isinstance(factor, (int, float)) and factor > 1 and kind in ("linear", "dynamic", "yarn"):
+        limit = int(limit * factor)
+    return limit

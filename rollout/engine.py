@@ -89,15 +89,27 @@ class RolloutEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from rollout.engine_startup import precheck, smoke_test, start_error
+
         t0 = time.perf_counter()
-        args = AsyncEngineArgs(
-            model=self.cfg.model, served_model_name=self.cfg.model_name, dtype=self.cfg.dtype,
-            max_model_len=self.cfg.max_model_len, tensor_parallel_size=self.cfg.tensor_parallel_size,
-            gpu_memory_utilization=self.cfg.gpu_memory_utilization, enforce_eager=self._eager(),
-            logprobs_mode=self.cfg.logprobs_mode, seed=self.cfg.seed, worker_extension_cls=EXTENSION,
-            disable_log_stats=True, **self._transfer_args(),
-        )
-        self._llm = AsyncLLM.from_engine_args(args)
+        dtype, max_len = self.cfg.engine_dtype(), self.cfg.context_len()
+        try:  # one-line causes (EngineStartError), never vLLM's unpicklable pydantic errors
+            precheck(self.cfg, max_len)
+            args = AsyncEngineArgs(
+                model=self.cfg.model, served_model_name=self.cfg.model_name, dtype=dtype,
+                max_model_len=max_len, tensor_parallel_size=self.cfg.tensor_parallel_size,
+                gpu_memory_utilization=self.cfg.gpu_memory_utilization, enforce_eager=self._eager(),
+                logprobs_mode=self.cfg.logprobs_mode, seed=self.cfg.seed, worker_extension_cls=EXTENSION,
+                disable_log_stats=True, **self._transfer_args(),
+            )
+            self._llm = AsyncLLM.from_engine_args(args)
+        except Exception as e:
+            raise start_error(e, self.cfg.model) from None
+        try:
+            await smoke_test(self._llm, dtype)
+        except Exception:
+            self.shutdown()
+            raise
         self.tokenizer = self._llm.get_tokenizer() if hasattr(self._llm, "get_tokenizer") else None
         self._decoder = CompletionDecoder.for_tokenizer(self.tokenizer)
         await self.weights.label(self.version)
@@ -130,6 +142,17 @@ class RolloutEngine:
         if self._llm is None:
             raise RuntimeError(f"{self.worker_id}: engine not started (call start() first)")
         return self._llm
+
+    def dead_error(self) -> str | None:
+        """Why the engine can no longer generate (its engine-core process died), or None."""
+        from rollout.engine_startup import engine_death
+
+        return engine_death(self._llm)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
 
     @property
     def version(self) -> int:

@@ -185,13 +185,25 @@ class RolloutWorker:
         return self.worker_id
 
     async def health(self) -> dict[str, Any]:
-        """Cheap liveness answer (no engine call): who this is, which incarnation, weights, loop state."""
+        """Cheap liveness answer (no engine call): who this is, which incarnation, weights, loop state, and
+        ``engine``: ``starting`` (not started yet), ``ok``, or why it can no longer generate."""
+        dead = self.engine.dead_error()
+        engine = dead or ("ok" if self.engine._llm is not None else "starting")
         return {"worker_id": self.worker_id, "incarnation": self.incarnation, "version": self.engine.version,
-                "continuous": self._continuous is not None and not self._continuous.done(), "pid": os.getpid()}
+                "continuous": self._continuous is not None and not self._continuous.done(), "pid": os.getpid(),
+                "engine": engine}
 
     async def watch(self) -> None:
-        """Never returns: a driver keeps one call in flight, and Ray fails it the moment this actor dies."""
-        await asyncio.Event().wait()
+        """Never returns while the worker can generate: a driver keeps one call in flight, and Ray fails it
+        the moment this actor dies. An engine whose engine-core process died (a crash in vLLM, a signal)
+        cannot be brought back inside this process, so the actor then exits and Ray restarts it (a fresh
+        process, a fresh engine): a dead engine looks to the driver exactly like a dead worker."""
+        while True:
+            await asyncio.sleep(1.0)
+            dead = self.engine.dead_error()
+            if dead:
+                log.error("%s: %s; exiting so that Ray restarts this worker with a fresh engine", self.worker_id, dead)
+                os._exit(70)
 
     async def shutdown(self) -> None:
         self._running = False

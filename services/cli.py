@@ -44,7 +44,7 @@ COMMANDS: dict[str, Command] = {
                             "services.reward_server:RewardServerConfig", "services.reward_server:main",
                             "configs/serve_reward.yaml"),
     "serve-rollout": Command("rollout service API (OpenAI-compatible HTTP + gRPC) over vLLM workers",
-                             "services.rollout_server:RolloutServerConfig", "services.rollout_server:main",
+                             "services.rollout_server:RolloutServerConfig", "services.rollout_app:main",
                              "configs/serve_rollout.yaml"),
     "demo": Command("the embedded default end to end: tokenizer -> pretrain -> SFT -> DPO -> GRPO -> report",
                     "services.demo:DemoConfig", "services.demo:main", "configs/demo.yaml"),
@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     from pretraining.chat import ChatTemplateError  # these three are light: no torch at import
     from pretraining.checkpoint import CheckpointError
     from pretraining.dataset_files import DataFileError
+    from rollout.engine_startup import EngineStartError  # light too
 
     try:
         code = _resolve(cmd.run)(cfg)
-    except (CheckpointError, ChatTemplateError, DataFileError) as e:  # bad input: one clear line, no traceback
+    except (CheckpointError, ChatTemplateError, DataFileError, EngineStartError) as e:  # one clear line
         print(f"flywheel {args.command}: {e}", file=sys.stderr)
         return 2
     return int(code or 0)

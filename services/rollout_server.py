@@ -1,14 +1,18 @@
-"""The rollout service: ``flywheel serve-rollout --model CHECKPOINT``.
+"""The rollout service's core: its config and :class:`RolloutService`, what both APIs call.
 
-Starts ``rollout.num_workers`` vLLM rollout workers on Ray behind a :class:`rollout.fleet.RolloutFleet`
-and serves them over HTTP (``services.rollout_http``: OpenAI-compatible ``/v1/completions``,
+``flywheel serve-rollout --model CHECKPOINT`` (process entry: ``services.rollout_app``) starts
+``rollout.num_workers`` vLLM rollout workers on Ray as a :class:`rollout.fleet.RolloutFleet` and serves
+them over HTTP (``services.rollout_http``: OpenAI-compatible ``/v1/completions``,
 ``/v1/chat/completions``, ``/v1/models``; trainer-facing ``/v1/rollouts``; authenticated
-``/v1/weights``; ``/healthz``; Prometheus ``/metrics``) and gRPC (``services.rollout_grpc``,
-``protos/rollout.proto``). Both APIs share one :class:`RolloutService`, so limits, versions and
-metrics are the same whichever way a request comes in.
+``/v1/weights``; ``/healthz``, ``/readyz``; Prometheus ``/metrics``) and gRPC (``services.rollout_grpc``,
+``protos/rollout.proto``). Both adapters import this module (never the other way round) and share one
+:class:`RolloutService`, so limits, versions, health and metrics are the same whichever way a request
+comes in. Request checks live in ``services.rollout_requests``, engine health in
+``services.rollout_health``.
 
 Binds 127.0.0.1 by default. ``auth_token`` (or the env var named by ``auth_token_env``) guards the
-state-changing endpoints (``/v1/weights``, gRPC ``LoadWeights``) and, with ``auth_all``, everything.
+state-changing endpoints (``/v1/weights``, gRPC ``LoadWeights``) and, with ``auth_all``, everything;
+without a token the service refuses to start unless ``insecure_no_auth`` is set.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rollout.config import RolloutConfig
+from rollout.config import MAX_TEMPERATURE, RolloutConfig
 from rollout.weight_update import model_specs
+from services.rollout_requests import (RequestError, check_number, check_seed, check_stop, check_text,
+                                       generation_failure)
 
 log = logging.getLogger("flywheel.rollout_server")
 
@@ -63,25 +69,32 @@ class RolloutServerConfig(BaseModel):
     weights_root: str | None = None
     """If set, ``/v1/weights`` only loads files inside this folder."""
     ray_address: str | None = None
-    """Ray cluster to join (``auto`` for a running one); None starts a local Ray."""
+    """Ray cluster to join (``auto`` for a running one); None (or ``local``) starts a Ray of its own with
+    token authentication (a fresh random ``RAY_AUTH_TOKEN`` unless one is set), see docs/security.md."""
+    insecure_no_auth: bool = False
+    """Serve ``/v1/weights`` and gRPC ``LoadWeights`` without a bearer token. Without a token and without
+    this flag the service refuses to start: say it explicitly (``--insecure_no_auth true``)."""
+    health_interval_s: float = Field(1.0, gt=0.0, le=60.0)
+    """Seconds between two health checks of the engines (sooner after a failed generation)."""
+    max_request_bytes: int = Field(8 * 2**20, ge=1024, le=2**30)
+    """Largest HTTP request body accepted (413 beyond)."""
 
     @model_validator(mode="after")
     def _apply_model(self) -> RolloutServerConfig:
+        data = self.rollout.model_dump(exclude_unset=True)
         if self.model:
-            self.rollout = self.rollout.model_copy(update={"model": self.model})
+            data["model"] = self.model
+        try:  # again: the checkpoint's limits apply to this model
+            rollout = RolloutConfig.model_validate(data)
+        except ValidationError as e:
+            raise ValueError("; ".join(str(x["msg"]).removeprefix("Value error, ") for x in e.errors())) from None
+        if rollout.max_model_len is None:  # the checkpoint's limit, capped by what a request can need
+            rollout.max_model_len = rollout.context_len(self.max_prompt_tokens + self.max_tokens)
+        self.rollout = rollout
         return self
 
     def token(self) -> str | None:
         return self.auth_token or os.environ.get(self.auth_token_env) or None
-
-
-class RequestError(ValueError):
-    """A client error: the message is returned to the caller (HTTP 4xx / gRPC INVALID_ARGUMENT)."""
-
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def file_sha256(path: str | Path) -> str:
@@ -126,6 +139,9 @@ class RolloutService:
         self.m_workers = Gauge("flywheel_rollout_workers_alive", "Live rollout workers", registry=r)
         self.m_workers.set(router.num_alive)
         self._model_specs = model_specs(cfg.rollout.model)
+        from services.rollout_health import FleetHealth
+
+        self.health = FleetHealth(router, cfg.health_interval_s)
 
     # ------------------------------------------------------------------ accounting
     def count_tokens(self, n: int) -> None:
@@ -151,8 +167,14 @@ class RolloutService:
             raise RequestError(f"unknown model {model!r}; this server serves {self.model_name!r}", 404,
                                "model_not_found")
 
-    def check_sampling(self, n: int, max_tokens: int, logprobs: int | None = None) -> None:
+    def check_sampling(self, n: int, max_tokens: int, logprobs: int | None = None, *, temperature: float = 1.0,
+                       top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None) -> None:
+        """Every sampling parameter a request may set (HTTP checks most in its schema too; gRPC only here)."""
         c = self.cfg
+        check_number("temperature", temperature, 0.0, MAX_TEMPERATURE)
+        check_number("top_p", top_p, 0.0, 1.0, lo_open=True)
+        check_stop(list(stop or []))
+        check_seed(seed)
         if not 1 <= n <= c.max_n:
             raise RequestError(f"n = {n} is out of range: 1 <= n <= {c.max_n}")
         if not 1 <= max_tokens <= c.max_tokens:
@@ -163,9 +185,12 @@ class RolloutService:
     def prompt_ids(self, prompt: str | list[int], max_tokens: int) -> list[int]:
         """Tokenise (if text) and check the length limits."""
         if isinstance(prompt, str):
+            check_text("prompt", prompt)
             ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         else:
-            ids = [int(t) for t in prompt]
+            if any(not isinstance(t, int) or isinstance(t, bool) for t in prompt):
+                raise RequestError("prompt: token ids must be integers")
+            ids = list(prompt)
             vocab = len(self.tokenizer)
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
@@ -175,24 +200,50 @@ class RolloutService:
         if len(ids) > self.cfg.max_prompt_tokens:
             raise RequestError(f"prompt has {len(ids)} tokens; the limit is max_prompt_tokens = "
                                f"{self.cfg.max_prompt_tokens}")
-        if len(ids) + max_tokens > self.cfg.rollout.max_model_len:
+        if len(ids) + max_tokens > self.context_len:
             raise RequestError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                               f"context of {self.cfg.rollout.max_model_len} tokens")
+                               f"context of {self.context_len} tokens")
         return ids
 
     def chat_prompt_ids(self, messages: list[dict], max_tokens: int) -> list[int]:
         if not messages:
             raise RequestError("messages must not be empty")
+        for k, m in enumerate(messages):
+            check_text(f"messages[{k}].content", m.get("content", ""))
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as e:  # noqa: BLE001 - a template error is the caller's malformed messages
-            raise RequestError(f"cannot apply the chat template to these messages: {e}") from e
+            line = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise RequestError(f"messages: the model's chat template refused them ({line})") from None
         return self.prompt_ids(text, max_tokens)
 
+    @property
+    def context_len(self) -> int:
+        """The engines' ``max_model_len`` (resolved from the checkpoint when the config left it open)."""
+        return self.cfg.rollout.max_model_len or self.cfg.rollout.context_len()
+
     # ------------------------------------------------------------------ generation
+    def pick(self) -> int:
+        """The least-loaded worker whose engine can generate now; 503 when none can (a restart is on)."""
+        up = [i for i in self.router.up() if self.health.can_serve(i)]
+        if not up:
+            raise RequestError("no rollout engine can serve right now (starting or being restarted); retry shortly",
+                               503, "engine_unavailable", retry_after=5)
+        return min(up, key=lambda i: (self.router.load[i], i))
+
+    def failed(self, e: BaseException) -> BaseException:
+        """What to raise for ``e`` from a worker: a :class:`RequestError` (4xx/503), or ``e`` itself (a bug)."""
+        if isinstance(e, RequestError):
+            return e
+        err = generation_failure(e)
+        if err is not None and err.status == 503:
+            self.health.kick()  # the engine or its worker died: check (and restart) now
+        return err or e
+
     async def stream(self, prompt_ids: list[int], params: dict):
-        """Deltas of one request from the least-loaded worker (dicts, see RolloutEngine.stream_completion)."""
-        w = self.router.pick()
+        """Deltas of one request from the least-loaded worker (dicts, see RolloutEngine.stream_completion).
+        A worker failure is raised as a :class:`RequestError` (503 while its engine restarts)."""
+        w = self.pick()
         self.router.load[w] += 1
         self.active += 1
         try:
@@ -203,36 +254,47 @@ class RolloutService:
                 self.count_tokens(len(d["token_ids"]))
                 yield d
         except Exception as e:
-            from ray.exceptions import RayActorError
-
-            if isinstance(e, RayActorError):
-                self.router.mark_dead(w, e)
-            raise
+            raise self.failed(e) from e
         finally:
             self.router.load[w] -= 1
             self.active -= 1
 
+    async def _group(self, prompt: dict, sampling: dict) -> dict:
+        w = self.pick()
+        self.router.load[w] += 1
+        try:
+            return (await self.router.workers[w].generate.remote([prompt], sampling))[0]
+        except Exception as e:
+            raise self.failed(e) from e
+        finally:
+            self.router.load[w] -= 1
+
     async def rollouts(self, prompts: list[dict], sampling: dict) -> list[dict]:
+        """One group per prompt, each on the least-loaded serving worker."""
         self.active += len(prompts)
         try:
-            groups = await self.router.agenerate(prompts, sampling)
+            groups = await asyncio.gather(*(self._group(p, sampling) for p in prompts))
         finally:
             self.active -= len(prompts)
         self.count_tokens(sum(len(s["completion_token_ids"]) for g in groups for s in g["samples"]))
-        return groups
+        return list(groups)
 
     # ------------------------------------------------------------------ weights
     async def load_weights(self, version: int, path: str, sha256: str) -> dict:
+        check_text("path", path, allow_empty=False, max_chars=4096)
+        if "\x00" in path:
+            raise RequestError("path: must not contain a NUL character")
         p = Path(path)
         if self.cfg.weights_root is not None:
             root = Path(self.cfg.weights_root).resolve()
             if not p.resolve().is_relative_to(root):
-                raise RequestError(f"path {path!r} is outside weights_root {str(root)!r}", 403, "forbidden")
-        if not p.exists():
-            raise RequestError(f"weights path {path!r} does not exist on the server", 400)
-        files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
-        if not files or any(f.suffix != ".safetensors" for f in files):
-            raise RequestError(f"weights path {path!r} is not a safetensors file or a folder of them")
+                raise RequestError("path is outside the server's weights_root", 403, "forbidden")
+        no_match = RequestError("sha256 mismatch: the path holds no safetensors weights with that sha256 (a missing "
+                                "path, a file that is not safetensors and a wrong checksum get this same answer)",
+                                400, "checksum_mismatch")
+        files = (sorted(p.glob("*.safetensors")) if p.is_dir() else [p]) if p.exists() else []
+        if not files or any(f.suffix != ".safetensors" or not f.is_file() for f in files):
+            raise no_match
         from rollout.weight_update import StaleWeightUpdate, WeightUpdate, WeightUpdateError, check_version
 
         async with self._weights_lock:
@@ -242,10 +304,12 @@ class RolloutService:
                 raise RequestError(str(e), 409, "stale_version") from None
             except WeightUpdateError as e:
                 raise RequestError(str(e), 400) from None
-            digest = await asyncio.to_thread(file_sha256, p)
+            try:
+                digest = await asyncio.to_thread(file_sha256, p)
+            except OSError:
+                raise no_match from None
             if not sha256 or digest != sha256.lower():
-                raise RequestError(f"sha256 mismatch for {path!r}: got {sha256!r}, file has {digest}", 400,
-                                   "checksum_mismatch")
+                raise no_match
             self.check_weight_files(files)
             t0 = time.perf_counter()
             try:
@@ -288,7 +352,9 @@ class RolloutService:
             raise RequestError(str(e), 400, "bad_weights") from None
 
     def status(self) -> dict[str, Any]:
-        return {"model": self.model_name, "weight_version": self.version, "workers": self.router.num_alive,
+        """Model, weights, load, and how many workers can generate now (``workers``)."""
+        serving = sum(self.health.can_serve(i) for i in range(len(self.router.workers)))
+        return {"model": self.model_name, "weight_version": self.version, "workers": serving,
                 "queue_depth": self.active, "in_flight": sum(self.router.load)}
 
 
@@ -297,76 +363,3 @@ def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model)
-
-
-async def serve(service: RolloutService, cfg: RolloutServerConfig, started: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Run the HTTP and gRPC servers until ``stop`` is set (or the task is cancelled)."""
-    import uvicorn
-
-    from services.rollout_grpc import start_grpc
-    from services.rollout_http import build_app
-
-    stop = stop or asyncio.Event()
-    grpc_server = await start_grpc(service, cfg.host, cfg.grpc_port) if cfg.grpc_port else None
-    http = None
-    if cfg.http_port:
-        http = uvicorn.Server(uvicorn.Config(build_app(service), host=cfg.host, port=cfg.http_port,
-                                             log_level="warning", lifespan="off"))
-        http_task = asyncio.create_task(http.serve())
-        while not http.started and not http_task.done():
-            await asyncio.sleep(0.02)
-        if http_task.done():
-            http_task.result()
-    log.info("serving %s: http://%s:%d  grpc %s:%d", service.model_name, cfg.host, cfg.http_port, cfg.host,
-             cfg.grpc_port)
-    if started is not None:
-        started.set()
-    try:
-        await stop.wait()
-    finally:
-        if http is not None:
-            http.should_exit = True
-            await http_task
-        if grpc_server is not None:
-            await grpc_server.stop(grace=2.0)
-
-
-def main(cfg: RolloutServerConfig) -> int:
-    import signal
-
-    import ray
-
-    from rollout.fleet import RolloutFleet
-    from rollout.worker import create_workers
-
-    if not Path(cfg.rollout.model).exists() and "/" not in cfg.rollout.model:
-        log.error("model %r not found (pass --model CHECKPOINT_DIR)", cfg.rollout.model)
-        return 2
-    if Path(cfg.rollout.model).is_dir():
-        from pretraining.checkpoint import CheckpointError, check_weights
-
-        try:  # before Ray and vLLM start: their failure would surface in a worker's log, not here
-            check_weights(cfg.rollout.model)
-        except (CheckpointError, FileNotFoundError) as e:
-            log.error("cannot serve %s: %s", cfg.rollout.model, e)
-            return 2
-    ray.init(address=cfg.ray_address, include_dashboard=False, ignore_reinit_error=True)
-    log.info("starting %d rollout worker(s) for %s", cfg.rollout.num_workers, cfg.rollout.model)
-    workers = create_workers(cfg.rollout)
-    router = RolloutFleet(workers, cfg.rollout.max_in_flight)
-    service = RolloutService(cfg, router, load_tokenizer(cfg.rollout.model))
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(service, cfg, stop=stop)
-
-    try:
-        asyncio.run(run())
-    finally:
-        for w in workers:
-            ray.kill(w)
-    return 0

@@ -60,7 +60,8 @@ def worker(ray_session, rollout_cfg):
 def service(worker, rollout_cfg, tiny_model):
     """The rollout service (HTTP + gRPC) on free loopback ports, in a background thread."""
     from rollout.fleet import RolloutFleet
-    from services.rollout_server import RolloutServerConfig, RolloutService, load_tokenizer, serve
+    from services.rollout_app import serve
+    from services.rollout_server import RolloutServerConfig, RolloutService, load_tokenizer
 
     cfg = RolloutServerConfig(model=tiny_model, rollout=rollout_cfg, http_port=free_port(), grpc_port=free_port(),
                               auth_token=TOKEN, max_tokens=256, max_n=8, max_prompt_tokens=256,

@@ -144,16 +144,16 @@ def test_weights_endpoint_loads_in_flight_with_auth_and_checksum(service, tiny_m
 BAD_REQUESTS = [
     ("/v1/completions", {"model": "no-such-model", "prompt": "hi"}, 404, "unknown model"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 100000}, 400, "max_tokens"),
-    ("/v1/completions", {"prompt": "hi", "n": 500}, 400, "n = 500"),
+    ("/v1/completions", {"prompt": "hi", "n": 500}, 400, "n: Input should be less than or equal to 8"),
     ("/v1/completions", {"prompt": "hi", "logprobs": 50}, 400, "logprobs"),
     ("/v1/completions", {"prompt": "x " * 2000}, 400, "max_prompt_tokens"),
-    ("/v1/completions", {"prompt": [999999]}, 400, "out of the vocabulary"),
+    ("/v1/completions", {"prompt": [999999]}, 400, "prompt.0: Input should be less than or equal to"),
     ("/v1/completions", {"max_tokens": 4}, 400, "prompt"),
     ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
     ("/v1/rollouts", {"prompts": [{"prompt_id": "x"}]}, 400, "neither"),
-    ("/v1/rollouts", {"prompts": []}, 400, "empty"),
+    ("/v1/rollouts", {"prompts": []}, 400, "prompts: List should have at least 1 item"),
 ]
 
 
