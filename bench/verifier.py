@@ -107,6 +107,28 @@ def ours(items: list[dict], mode: str) -> tuple[list[bool], list[float]]:
     return out, lat
 
 
+def cpu_cost(items: list[dict], mode: str) -> list[float]:
+    """CPU seconds per item of the same work done in this process (extraction, fast path, comparison),
+    without the worker round trip: a latency that does not depend on what else the machine runs."""
+    from rewards import VerifyConfig
+    from rewards.equivalence import GoldError, compare
+    from rewards.verifier import _in_process
+
+    cfg = VerifyConfig(extraction=mode)
+    out = []
+    for it in items:
+        t0 = time.process_time()
+        decided = _in_process(it["completion"], it["gold"], cfg)
+        if not hasattr(decided, "status"):
+            gold, pred, _ = decided
+            try:
+                compare(gold, pred, cfg)
+            except GoldError:
+                pass
+        out.append(time.process_time() - t0)
+    return out
+
+
 def math_verify(items: list[dict], answer_only: bool = False) -> tuple[list[bool], list[float]]:
     """math-verify's documented use, ``verify(parse(gold), parse(completion))``, with its defaults.
 
@@ -148,6 +170,10 @@ def library_bench(results: dict, numeric_n: int) -> None:
     rows["math-verify"] = {**quality(pred, expected), **speed(lat),
                            "misjudged": [c["id"] for c, p in zip(cases, pred) if p != c["expected"]],
                            "false_positive_ids": [c["id"] for c, p in zip(cases, pred) if p and not c["expected"]]}
+    cpu_cost(cases[:50], "lenient")
+    cpu = cpu_cost(cases, "lenient")
+    results["cpu_lenient"] = {"p50_ms": percentile(cpu, 50) * 1e3, "p99_ms": percentile(cpu, 99) * 1e3,
+                              "max_ms": max(cpu) * 1e3}
     exp_a = [c["expected"] for c in with_answer]
     pred, lat = ours(with_answer, "answer")
     rows["flywheel answer (bare answers)"] = {**quality(pred, exp_a), **speed(lat)}
@@ -243,6 +269,9 @@ def report(r: dict) -> str:
         lines.append(f"| {name} | {row['accuracy']:.1%} | {row['precision']:.1%} | {row['recall']:.1%} | "
                      f"{row['false_positives']} | {row['per_s']:.0f} | {row['per_s'] / ref['per_s']:.1f}x | "
                      f"{row['p50_ms']:.2f} | {row['p99_ms']:.1f} |")
+    cpu = r["cpu_lenient"]
+    lines += ["", f"CPU time per item of the lenient work done in-process (load-independent, no worker round trip): "
+              f"p50 {cpu['p50_ms']:.2f} ms, p99 {cpu['p99_ms']:.1f} ms, max {cpu['max_ms']:.1f} ms"]
     n = r["simple_numeric"]
     lines += ["", f"simple numeric answers ({n['n']} distinct items, marked): flywheel {n['flywheel']['per_s']:.0f}/s "
               f"(accuracy {n['flywheel']['accuracy']:.1%}, p99 {n['flywheel']['p99_ms']:.2f} ms), math-verify "
@@ -274,7 +303,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
     try:
-        import math_verify  # noqa: F401
+        import math_verify  # noqa: F401 - only checks that it is installed
     except ImportError:
         sys.exit("bench/verifier.py needs math-verify: pip install -e '.[bench]'")
     core = sorted(os.sched_getaffinity(0))[0]
