@@ -492,7 +492,7 @@ def adversarial() -> list[dict]:
         ('\\boxed{x > 3}', '[3, \\infty)', False, 'crafted after the code: must never be judged correct'),
         ('\\boxed{x \\ne 3}', 'x < 3', False, 'crafted after the code: must never be judged correct'),
         ('\\boxed{\\begin{pmatrix}1&2\\end{pmatrix}}', '(1,2)', False, 'crafted after the code: must never be judged correct'),
-        ('\\boxed{0.333333}', '\\frac{1}{3}', False, 'crafted after the code: must never be judged correct'),
+        ('\\boxed{0.33333}', '\\frac{1}{3}', False, 'crafted after the code: must never be judged correct'),
         ('\\boxed{0.\\overline{33}}', '\\frac{1}{3}+10^{-20}', False, 'crafted after the code: must never be judged correct'),
         ('\\boxed{99.9\\%}', '1', False, 'crafted after the code: must never be judged correct'),
         ('\\boxed{1,000.5}', '1000', False, 'crafted after the code: must never be judged correct'),
