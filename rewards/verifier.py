@@ -71,7 +71,7 @@ def _fast_path(gold: str, pred: str, cfg: VerifyConfig) -> tuple[bool, str] | No
     if (g_places is None) != (p_places is None):  # one side a decimal, the other an exact fraction
         approx, exact, places = (pv, gv, p_places) if p_places is not None else (gv, pv, g_places)
         if not _terminating(exact):
-            if abs(exact - approx) <= max(Fraction(cfg.rel_tol) * abs(exact), Fraction(cfg.abs_tol)):
+            if abs(exact - approx) <= max(Fraction(repr(cfg.rel_tol)) * abs(exact), Fraction(repr(cfg.abs_tol))):
                 return True, f"decimal within rel_tol={cfg.rel_tol:g} of a non-terminating rational"
             if cfg.accept_rounded_decimals and places >= 2 and abs(exact - approx) <= Fraction(1, 2) / 10 ** places:
                 return True, "rounded decimal of a non-terminating rational"
