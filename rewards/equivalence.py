@@ -329,6 +329,8 @@ def _random_points_equal(g: sympy.Expr, p: sympy.Expr, cfg: VerifyConfig, trials
     diff = g - p
     if diff == 0:
         return True
+    if diff.has(sympy.factorial, sympy.binomial, sympy.gamma) and sympy.combsimp(diff) == 0:
+        return True  # (n-1)! vs n!/n: decided symbolically, cheaper than the gamma function at 100 digits
     # 100 digits at unpredictable points, unless a constant in the answers is tiny or huge enough to hide
     # below that (x + 10^{-200}(...)): then the full max_exponent + 100 digits
     digits = None if _has_extreme_constant(g) or _has_extreme_constant(p) else 100
