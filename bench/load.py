@@ -206,6 +206,7 @@ def start_rollout_server(log_dir: Path) -> tuple[subprocess.Popen, str]:
            "--rollout.max_in_flight", "8", "--rollout.num_cpus_per_worker", "1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
            "FLYWHEEL_ROLLOUT_TOKEN": os.urandom(16).hex(),  # write endpoints need it; the load never has it
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex(),  # its own Ray, token-authenticated
            "RAY_TMPDIR": str(log_dir),  # a Ray of its own, never a cluster someone else started
            "RAY_raylet_start_wait_time_s": "180"}  # a busy machine starts Ray slowly
     proc = _spawn(cmd, env, log_dir / "rollout-server.log", f"http://127.0.0.1:{http}/healthz", 900,
@@ -481,6 +482,8 @@ def format_table(service: str, r: dict[str, Any], labels: dict[int, str]) -> str
              "as expected | 5xx |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, e in r["endpoints"].items():
         for kind, s in e.items():
+            if not (s["requests"] or s["hostile"]):
+                continue  # e.g. the hostile-only endpoint in clean blocks
             lines.append(f"| {name} | {kind} | {s['requests']} | {s['errors']} | {s['throughput_rps']} | "
                          f"{s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | {s['hostile_expected']}/{s['hostile']} | "
                          f"{s['server_errors']} |")
