@@ -260,28 +260,22 @@ def test_errors_carry_a_request_id_and_no_internals(reward_server):
     assert "wrong_reward" not in r.text and "max_completion_chars" not in r.text
 
 
-def test_token_from_the_environment_guards_verify_but_not_health():
-    proc, http_port, _ = start_server("--grpc_port", "0", env={"FLYWHEEL_REWARD_TOKEN": "from-env"})
-    server = {"http": f"http://127.0.0.1:{http_port}"}
-    try:
-        assert http_verify(server, ITEMS[:1], headers={}).status_code == 401
-        ok = http_verify(server, ITEMS[:1], headers={"Authorization": "Bearer from-env"})
-        assert ok.status_code == 200 and ok.json()["verdicts"][0]["status"] == "correct"
-        assert httpx.get(f"{server['http']}/healthz").status_code == 200
-        assert httpx.get(f"{server['http']}/readyz").status_code == 200
-    finally:
-        assert stop_server(proc) == 0
-
-
-def test_grpc_health_turns_not_serving_when_shutdown_begins():
-    proc, http_port, grpc_port = start_server()
+def test_token_from_the_environment_and_health_when_shutdown_begins():
+    """A token from FLYWHEEL_REWARD_TOKEN guards verify but not health; on SIGTERM gRPC health turns
+    NOT_SERVING while in-flight work drains."""
+    proc, http_port, grpc_port = start_server(env={"FLYWHEEL_REWARD_TOKEN": "from-env"})
     server = {"http": f"http://127.0.0.1:{http_port}"}
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     health = health_pb2_grpc.HealthStub(channel)
+    env_auth = {"Authorization": "Bearer from-env"}
     try:
+        assert http_verify(server, ITEMS[:1], headers={}).status_code == 401
+        assert http_verify(server, ITEMS[:1], headers=env_auth).json()["verdicts"][0]["status"] == "correct"
+        assert httpx.get(f"{server['http']}/healthz").status_code == 200
+        assert httpx.get(f"{server['http']}/readyz").status_code == 200
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
         t = threading.Thread(target=http_verify, args=(server, [{"id": "slow", "completion": SLOW, "gold": "1"}],
-                                                       {"timeout_s": 6.0}, {}))
+                                                       {"timeout_s": 6.0}, env_auth))
         t.start()  # keeps the HTTP side draining for a few seconds after SIGTERM
         while "reward_requests_in_flight 1.0" not in httpx.get(f"{server['http']}/metrics").text:
             time.sleep(0.05)
