@@ -34,6 +34,19 @@ def _architecture(path: Path) -> dict:
     return {k: v for k, v in json.loads(f.read_text()).items() if k not in _IGNORED_CONFIG_KEYS}
 
 
+def _vocabulary(path: Path):
+    """What makes two tokenizers the same for merging: the token -> id map, the BPE merges and the added
+    tokens of ``tokenizer.json`` (a re-save by another transformers version may rewrite its
+    normalizer or pre-tokenizer settings without changing a single id), or None without that file."""
+    f = path / "tokenizer.json"
+    if not f.is_file():
+        return None
+    tok = json.loads(f.read_text())
+    model = tok.get("model") or {}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    return (model.get("vocab"), merges, sorted((t["id"], t["content"]) for t in tok.get("added_tokens") or []))
+
+
 def _load_state(path: Path) -> dict:
     """Every tensor of a checkpoint folder (one ``model.safetensors`` or a sharded checkpoint's files)."""
     from safetensors.torch import load_file
@@ -60,7 +73,7 @@ def merge_checkpoints(paths: list[str | Path], out_dir: str | Path, weights: lis
         raise MergeError(f"{len(weights)} weights for {len(paths)} checkpoints (need one each, positive sum)")
     weights = [w / sum(weights) for w in weights]
     base_arch = _architecture(paths[0])
-    base_tok = (paths[0] / "tokenizer.json").read_text() if (paths[0] / "tokenizer.json").is_file() else None
+    base_tok = _vocabulary(paths[0])
     merged: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for i, (p, w) in enumerate(zip(paths, weights)):
@@ -70,8 +83,7 @@ def merge_checkpoints(paths: list[str | Path], out_dir: str | Path, weights: lis
             k = diff[0]
             raise MergeError(f"cannot merge {p} with {paths[0]}: config differs in {k!r} "
                              f"({arch.get(k)!r} vs {base_arch.get(k)!r}); all checkpoints must share one architecture")
-        tok = (p / "tokenizer.json").read_text() if (p / "tokenizer.json").is_file() else None
-        if tok != base_tok:
+        if _vocabulary(p) != base_tok:
             raise MergeError(f"cannot merge {p} with {paths[0]}: their tokenizers differ")
         state = _load_state(p)
         if i == 0:

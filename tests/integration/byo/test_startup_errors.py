@@ -75,3 +75,27 @@ def test_eval_refuses_a_missing_field_naming_the_row(qwen2, byo_data, tmp_path, 
     with pytest.raises(SystemExit) as e:
         flywheel(["eval", "--checkpoint", str(qwen2), "--data_file", str(byo_data["math"]), "--n", "2"])
     assert f"{byo_data['math']}: row 0: each row needs 'question' and 'answer'" in str(e.value)
+
+
+def test_merge_compares_vocabularies_not_tokenizer_file_bytes(qwen2, tmp_path, capsys):
+    """A tokenizer re-saved by transformers (its pre-tokenizer rewritten, no id changed) merges; another
+    vocabulary is refused, naming both folders."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    resaved = tmp_path / "resaved"
+    shutil.copytree(qwen2, resaved)
+    AutoTokenizer.from_pretrained(qwen2).save_pretrained(str(resaved))
+    assert (resaved / "tokenizer.json").read_text() != (qwen2 / "tokenizer.json").read_text()
+    assert flywheel(["merge", "--checkpoints", f"[{qwen2}, {resaved}]", "--out_dir", str(tmp_path / "m")]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(qwen2, other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = [k for k in vocab if len(k) == 1][:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    capsys.readouterr()
+    assert flywheel(["merge", "--checkpoints", f"[{qwen2}, {other}]", "--out_dir", str(tmp_path / "m2")]) == 2
+    assert f"cannot merge {other} with {qwen2}: their tokenizers differ" in capsys.readouterr().out
