@@ -157,9 +157,8 @@ def _strip_filler(s: str) -> str:
     changed = True
     while changed and s:
         changed = False
-        low = s.lower()
         for word in _FILLER:
-            if low.startswith(word) and (len(s) == len(word) or not s[len(word)].isalpha()):
+            if s[:len(word)].lower() == word and (len(s) == len(word) or not s[len(word)].isalpha()):
                 s = s[len(word):].lstrip(" \t*:")
                 changed = True
                 break
