@@ -174,6 +174,8 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]],
             ids.append(end_of_turn_ids(tokenizer)[0])
             mask.append(1)
         pos = end
+    if not any(mask):
+        raise ValueError("conversation has no assistant tokens to train on: the assistant turns render empty")
     rest = _ids(tokenizer, full[pos:].rstrip() if spans[-1][2] else "")
     return ids + rest, mask + [0] * len(rest)
 
