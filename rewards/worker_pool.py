@@ -9,7 +9,9 @@ waits. Each free worker takes the next task of the job that has used the least w
 (least attained service; ties go round robin), so a caller with many or slow items never starves
 the others: a fresh request overtakes one whose items already ran into their limit. Items cannot be
 preempted, so while items run longer than ``SLOW_ITEM_S`` and work waits, the pool starts up to
-``burst`` extra workers (retired when idle again): a few slow items never hold every worker. The
+``burst`` extra workers (retired when idle again): a few slow items never hold every worker. A worker
+whose item turns slow is also lowered to nice ``SLOW_NICE`` (and replaced by a fresh one when that item
+ends), so under CPU contention slow items get the CPU that quick ones leave. The
 dispatcher waits on the workers' pipes with ``select``; an item past its time limit (or past its
 job's deadline) is answered ``timeout``, its worker killed (SIGKILL to that one process, never a
 signal handler in the caller) and replaced at once. Tasks a job could not start before its deadline
@@ -36,7 +38,10 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 60.0
 """How long a new worker may take to say it is ready."""
 SLOW_ITEM_S = 0.25
-"""An item running longer than this counts as slow: while one runs and work waits, a burst worker may start."""
+"""An item running longer than this counts as slow: its worker is niced, and while it runs and work waits, a
+burst worker may start."""
+SLOW_NICE = 10
+"""Niceness of a worker running a slow item."""
 
 
 def _context():
@@ -121,6 +126,7 @@ class _Worker:
         self.idx = -1
         self.sent = 0.0
         self.deadline = 0.0
+        self.niced = False
 
     def read_messages(self) -> list | None:
         """Messages available now; None at EOF (the worker died)."""
@@ -263,6 +269,7 @@ class WorkerPool:
                 self._top_up()
                 now = time.monotonic()
                 self._expire(now)
+                self._deprioritize_slow(now)
                 self._assign(now)
                 self._wait(now)
         except BaseException as e:  # noqa: BLE001 - never leave callers waiting on a dead dispatcher
@@ -354,6 +361,15 @@ class WorkerPool:
                 self.start_error = f"a worker did not start within {STARTUP_TIMEOUT_S:g} s"
                 self._replace(w, "did not start")
 
+    def _deprioritize_slow(self, now: float) -> None:
+        for w in self._workers.values():
+            if w.job is not None and not w.niced and now - w.sent > SLOW_ITEM_S:
+                w.niced = True
+                try:
+                    os.setpriority(os.PRIO_PROCESS, w.proc.pid, SLOW_NICE)
+                except OSError:
+                    pass
+
     def _assign(self, now: float) -> None:
         idle = [w for w in self._workers.values() if w.ready and w.job is None]
         while idle and self._rotation:
@@ -382,9 +398,8 @@ class WorkerPool:
         deadlines = [w.deadline if w.job is not None else w.started + STARTUP_TIMEOUT_S
                      for w in self._workers.values() if w.job is not None or not w.ready]
         deadlines += [j.deadline for j in self._rotation if j.deadline is not None and j.pending]
-        if any(j.pending for j in self._rotation):  # wake when a running item turns slow (a burst worker may start)
-            deadlines += [w.sent + SLOW_ITEM_S for w in self._workers.values()
-                          if w.job is not None and now - w.sent <= SLOW_ITEM_S]
+        deadlines += [w.sent + SLOW_ITEM_S for w in self._workers.values()  # wake when a running item turns slow
+                      if w.job is not None and not w.niced]
         if len(self._workers) < self._target(now):
             deadlines.append(self._next_start)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
@@ -416,6 +431,10 @@ class WorkerPool:
                 job, idx = w.job, w.idx
                 w.job = None
                 job.settle(idx, {**msg, "elapsed_ms": (time.monotonic() - w.sent) * 1e3})
+                if w.niced:  # a niced process cannot be un-niced without privileges: start a fresh one
+                    self._retire(w)
+                    self._top_up()
+                    return
 
 
 class InlinePool:
