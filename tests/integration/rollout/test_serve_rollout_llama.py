@@ -101,6 +101,7 @@ def test_serve_rollout_on_a_transformers_llama_with_no_other_flag(server):
     assert "dtype bfloat16" in log and "max_model_len 512" in log
 
 
+@pytest.mark.slow  # a second engine start (1-3 min on 2 cores); the health states themselves are unit-tested
 def test_a_dead_engine_is_reported_and_restarted(server):
     """Kill the engine's model-runner process: health says so, requests get 503 (never 500), Ray restarts the
     worker with a fresh engine, and the service serves again."""
