@@ -90,8 +90,10 @@ def test_reward_server_answers_its_probes_with_the_manifest_command():
 
 
 @pytest.mark.slow
-def test_rollout_server_answers_its_probes_with_the_manifest_command(tmp_path):
+def test_rollout_server_answers_its_probes_with_the_manifest_command(tmp_path, monkeypatch):
     from tests.fixtures.tiny_checkpoint import build_tiny_qwen3
+
+    monkeypatch.setenv("FLYWHEEL_ROLLOUT_TOKEN", "probe-test-token")  # the manifest's Secret; required to start
 
     model = build_tiny_qwen3(tmp_path / "tiny-qwen3")
     container = _deployment("rollout-server.yaml")["spec"]["template"]["spec"]["containers"][0]
