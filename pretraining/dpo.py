@@ -1,10 +1,10 @@
 """``flywheel dpo``: preference optimisation with ``sigmoid`` (DPO), ``ipo`` or ``apo_zero`` losses.
 
-Pairs come from ``data_file`` (TRL's ``prompt`` / ``chosen`` / ``rejected``, standard or
-conversational) or (``pairs``) are either ``synthetic``, a correct worked solution (chosen) vs a plausible wrong one
-(rejected: an arithmetic slip or a skipped final step) for the same train-split question, or
-``on_policy``: the starting model's own correct and wrong samples of a train-split question
-(:func:`on_policy_pairs`). The reference model is the starting checkpoint; its log-probs are computed
+Pairs come from ``data_file`` (TRL's ``prompt`` / ``chosen`` / ``rejected``, standard or conversational,
+encoded with the checkpoint's own chat template) or are built in (``pairs``): ``synthetic``, a correct
+worked solution (chosen) vs a plausible wrong one (rejected: an arithmetic slip or a skipped final step)
+for the same train-split question, or ``on_policy``: the starting model's own correct and wrong samples
+of a train-split question (:func:`on_policy_pairs`). The reference model is the starting checkpoint; its log-probs are computed
 once before training. ``rpo_alpha`` adds the chosen side's NLL (RPO). Logged: loss, implicit rewards of
 chosen and rejected (``beta * log pi/pi_ref``), their margin, the preference accuracy and the chosen NLL.
 """
