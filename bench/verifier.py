@@ -205,11 +205,13 @@ def library_bench(results: dict, numeric_n: int) -> None:
 
 
 def http_bench(results: dict, clients: int, seconds: float, workers: int) -> None:
+    import socket
+
     import httpx
 
-    from tests.conftest import free_port
-
-    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve-reward", "--http_port", str(port),
                              "--grpc_port", "0", "--workers", str(workers)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
