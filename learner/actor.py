@@ -138,12 +138,14 @@ class LearnerWorker:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from learner.packed_attention import register
         from pretraining.checkpoint import check_weights
         from pretraining.distributed import shard_blocks
 
         check_weights(path)  # transformers would re-initialise a missing tensor at random, silently
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        # attention per sequence inside packed rows (no row x row mask)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=register())
         model.config.use_cache = False
         if trainable and self._activation_checkpointing(model):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

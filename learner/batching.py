@@ -115,8 +115,9 @@ def collate(seqs: list[TrainSequence], pad_id: int = 0, packed: bool = True) -> 
     """Tensors of one micro-batch: the model inputs, and per-token tensors over completion tokens only.
 
     Model inputs: ``packed`` (padding-free) puts every sequence into one row, ``input_ids`` and
-    ``position_ids`` ``(1, total tokens)`` with positions restarting at 0 per sequence (transformers then
-    keeps attention inside each sequence); otherwise right-padded rows ``input_ids`` and
+    ``position_ids`` ``(1, total tokens)`` with positions restarting at 0 per sequence, and ``seq_lens``
+    (attention stays inside each sequence: ``learner.packed_attention``, or transformers' own
+    block-diagonal mask built from the position resets); otherwise right-padded rows ``input_ids`` and
     ``attention_mask`` ``(B, T)``. ``positions`` (N,) indexes the flattened rows at the position that
     predicts each completion token (position j predicts token j+1), ``targets`` (N,) are those tokens.
 
@@ -158,6 +159,7 @@ def collate(seqs: list[TrainSequence], pad_id: int = 0, packed: bool = True) -> 
     if packed:
         out["input_ids"] = torch.tensor([ids], dtype=torch.long)
         out["position_ids"] = torch.tensor([pos], dtype=torch.long)
+        out["seq_lens"] = [len(s) for s in seqs]
     else:
         out["input_ids"] = torch.tensor(ids, dtype=torch.long).view(B, T)
         out["attention_mask"] = (torch.arange(T)[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).long()

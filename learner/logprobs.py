@@ -135,6 +135,8 @@ def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_m
     model's device.
     """
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    if "seq_lens" in batch:  # read by learner.packed_attention; other attention implementations ignore it
+        inputs["packed_seq_lens"] = batch["seq_lens"]
     # logits_to_keep=1: the model's own head runs on one position; ours runs on the completion positions
     with warnings.catch_warnings():  # FSDP2 warns about in-place ops on view outputs; none is made here
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")

@@ -127,3 +127,29 @@ def test_packed_sequences_do_not_attend_to_each_other():
     alone, _ = completion_logprobs(model, collate([b]))
     packed, _ = completion_logprobs(model, collate([a, b]))
     torch.testing.assert_close(packed[1, :len(b.completion_ids)], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_packed_sdpa_runs_each_sequence_alone_and_matches_the_masked_row(monkeypatch, tmp_path):
+    """The learner's attention (``learner.packed_attention``) equals transformers' block-diagonal mask."""
+    from transformers import AttentionInterface, Qwen2ForCausalLM
+
+    import learner.packed_attention as pa
+
+    tiny_qwen2(tied=True).save_pretrained(str(tmp_path))
+    masked = Qwen2ForCausalLM.from_pretrained(str(tmp_path), attn_implementation="sdpa")
+    ours = Qwen2ForCausalLM.from_pretrained(str(tmp_path), attn_implementation=pa.register())
+    calls = []
+    real = pa.packed_sdpa_attention
+
+    def spy(*args, packed_seq_lens=None, **kwargs):
+        calls.append(packed_seq_lens)
+        return real(*args, packed_seq_lens=packed_seq_lens, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, pa.PACKED_SDPA, spy)
+    seqs = sequences(4, 97, seed=7, long=30)
+    for packed in (True, False):
+        batch = collate(seqs, packed=packed)
+        want, _ = completion_logprobs(masked, batch)
+        got, _ = completion_logprobs(ours, batch)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert calls and calls[0] == [len(s) for s in seqs] and calls[-1] is None  # per layer: packed, then padded
