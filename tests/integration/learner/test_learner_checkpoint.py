@@ -148,3 +148,21 @@ def test_lr_scale_moves_the_matched_parameters_faster_and_survives_set_lr(tiny_c
     assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(1e-4, rel=0.05)
     w.set_lr(2e-4)
     assert [g["lr"] for g in w.optimizer.param_groups] == pytest.approx([2e-4, 2e-2])
+
+
+def test_packed_padded_and_token_budget_steps_agree(tiny_checkpoint, process_group, groups_factory):
+    """The same batch through padded rows, packed rows and token-budget micro-batches: same update."""
+    groups = groups_factory(2, 4, seed=15, completion_len=(2, 40))
+    layouts = {"padded": dict(pack_sequences=False), "packed": {}, "budget": dict(max_tokens_per_micro_batch=60)}
+    metrics, after = {}, {}
+    for name, kw in layouts.items():
+        w = worker(tiny_checkpoint, process_group, LossConfig(entropy_coef=0.01), **kw)
+        metrics[name] = comparable(w.train_step(groups))
+        after[name] = weights(w)
+    for name in ("packed", "budget"):
+        for k in ("loss", "policy_loss", "entropy", "grad_norm", "tis_weight_mean"):
+            assert metrics[name][k] == pytest.approx(metrics["padded"][k], rel=1e-5, abs=1e-8), (name, k)
+        assert metrics[name]["loss_tokens"] == metrics["padded"]["loss_tokens"]
+        assert metrics[name]["train_tokens"] == metrics["padded"]["train_tokens"]
+        for k, v in after[name].items():
+            assert float((v - after["padded"][k]).abs().max()) < 1e-5, (name, k)
