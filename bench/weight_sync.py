@@ -52,8 +52,15 @@ class MemorySampler:
                 rss += p.memory_info().rss
             except Exception:  # noqa: BLE001 - a process that went away holds nothing
                 pass
-        st = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
-        return rss + ((st.f_blocks - st.f_bfree) * st.f_frsize if st else 0)
+        shm = 0
+        if os.path.isdir("/dev/shm"):  # this benchmark's staging files (the workers are named bench-*)
+            for e in os.scandir("/dev/shm"):
+                if e.name.startswith("flywheel-bench-"):
+                    try:
+                        shm += e.stat().st_size
+                    except FileNotFoundError:
+                        pass
+        return rss + shm
 
     def _run(self) -> None:
         while not self._stop.is_set():

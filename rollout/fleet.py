@@ -175,6 +175,8 @@ class RolloutFleet:
             err = f"{type(e).__name__}"
         del self._watch[i]
         self.state[i] = "rejoining"
+        if self.weight_group is not None:  # its process left the weight group: form it again without it
+            self.weight_group.broken(f"{self.ids[i]} lost")
         log.warning("rollout worker %s lost (%s); waiting for Ray to restart it", self.ids[i], err)
         requeued = self._requeue(i)
         self._rejoin[i] = _Rejoin(since=time.monotonic(), ref=self.workers[i].health.remote(), requeued=requeued,
@@ -265,11 +267,18 @@ class RolloutFleet:
         self._publish_recs = []
         members, sent = [], update
         if self.weight_group is not None and update.tensors is not None:
-            members = self.weight_group.ready_members(self.up())
-            if members:
-                handle = self.weight_group.plan(update.tensors, update.version)
-                sent = WeightUpdate(update.version, collective=handle, specs=handle["specs"])
-                self._broadcast = self.weight_group.broadcast(update.tensors, handle)
+            try:
+                members = self.weight_group.ready_members(self.up())
+                if members:
+                    handle = self.weight_group.plan(update.tensors, update.version)
+                    sent = WeightUpdate(update.version, collective=handle, specs=handle["specs"])
+                    self._broadcast = self.weight_group.broadcast(update.tensors, handle)
+            except Exception as e:  # noqa: BLE001 - e.g. the broadcaster died: this update goes by object store
+                from ray.exceptions import RayActorError
+
+                self.weight_group.broken(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                         sender_dead=isinstance(e, RayActorError))
+                members, sent = [], update
         self._broadcast_to = set(members)
         for i in self.up():
             self.publish_refs[i] = (update.version, self.workers[i].load_weights.remote(sent if i in members else update))
@@ -338,7 +347,9 @@ class RolloutFleet:
             try:
                 sent = ray.get(self._broadcast, timeout=60)
             except Exception as e:  # noqa: BLE001 - its receivers already got the update another way
-                self.weight_group.broken(f"broadcaster: {type(e).__name__}")
+                from ray.exceptions import RayActorError
+
+                self.weight_group.broken(f"broadcaster: {type(e).__name__}", sender_dead=isinstance(e, RayActorError))
             self._broadcast = None
         recs = self._publish_recs
         self.last_publish = {
@@ -402,6 +413,8 @@ class RolloutFleet:
         self._watch.pop(i, None)
         self._rejoin.pop(i, None)
         self.state[i] = "dead"
+        if self.weight_group is not None:
+            self.weight_group.broken(f"{self.ids[i]} dead")
 
     def generate(self, prompts: list[dict], sampling: dict | None = None) -> list[dict]:
         """One group per prompt, in prompt order, spread over the up workers by load."""

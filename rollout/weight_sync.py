@@ -291,11 +291,13 @@ class WeightGroup:
     def broadcast(self, tensors_ref, handle: dict):
         return self.broadcaster.broadcast.remote(tensors_ref, handle)
 
-    def broken(self, why: str) -> None:
-        """A broadcast failed: re-form the group at the next publish."""
+    def broken(self, why: str, sender_dead: bool = False) -> None:
+        """A broadcast failed: re-form the group at the next publish (with a new broadcaster if it died)."""
         if self.epoch:
             log.warning("weight group %d broken (%s); it is re-formed at the next update", self.epoch, why)
         self.epoch, self.members = 0, []
+        if sender_dead:
+            self.broadcaster = None
 
     def rejoined(self, i: int) -> None:
         """Worker ``i`` restarted: a fresh process gets a fresh chance to join."""

@@ -17,6 +17,8 @@ with real vLLM workers is ``test_job_faults.py`` (minutes).
   refused duplicate, "stale weight update: version 4 <= current version 4", ending the job);
 - a worker whose restarts are used up is dropped, the other serves on; with none left ``poll`` fails
   naming them;
+- collective transport: workers that cannot join the weight group are reported with the reason and get
+  every update through the object store (no second join attempt per update);
 - ``map`` runs a payload whose worker died again on a live incarnation;
 - a restarted worker whose engine start hangs counts as dead after ``REJOIN_TIMEOUT_S`` (it used to
   stay "rejoining" forever: with one worker the job hung).
@@ -77,6 +79,10 @@ class FakeWorker:
         await self._enter("load_weights", update.version, await update.tensors)
         self.version = check_version(update.version, self.version)  # the engine's check: stale is refused
         return {"version": update.version}
+
+    async def join_collective(self, handle: dict) -> str:
+        await self._enter("join_collective", handle["epoch"])
+        return "this stand-in has no engine process to join with"
 
     async def start_continuous(self, source, sink, sampling: dict, max_in_flight: int) -> None:
         await self._enter("start_continuous", self.version, sampling, max_in_flight)
@@ -273,6 +279,26 @@ def test_publish_that_reaches_the_restarted_incarnation_is_applied_once(make_fle
     assert fleet.state == ["up", "up"] and answers(workers[0])["version"] == 4
     fleet.wait_published()
     assert answers(workers[1])["version"] == 4
+
+
+def test_workers_that_cannot_join_the_weight_group_get_updates_through_the_object_store(make_fleet, caplog):
+    """Collective transport: a worker that cannot join is reported with its reason and falls back to the
+    object store; the update still reaches every worker, once."""
+    fleet, workers, _, _ = make_fleet(max_restarts=0)
+    collective = RolloutFleet(workers, transport="collective", collective={"join_timeout_s": 2.0})
+    try:
+        collective.publish(update(6), wait=True)
+        assert collective.weight_group.fallback == {i: "this stand-in has no engine process to join with"
+                                                    for i in (0, 1)}
+        assert "cannot join the weight group (this stand-in has no engine process" in caplog.text
+        assert collective.last_publish["transport"] == "object_store"
+        assert [answers(w)["version"] for w in workers] == [6, 6]
+        collective.publish(update(7), wait=True)  # no second try to join: straight through the object store
+        for w in workers:
+            calls = [c for c in ray.get(w.calls.remote()) if c[0] in ("join_collective", "load_weights")]
+            assert [c[0] for c in calls] == ["join_collective"] * 2 + ["load_weights"] * 2  # two tries, two updates
+    finally:
+        ray.kill(collective.weight_group.broadcaster)
 
 
 def test_worker_without_restarts_is_dropped_then_the_job_fails_naming_them(make_fleet):

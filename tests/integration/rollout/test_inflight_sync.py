@@ -108,13 +108,48 @@ def collective_fleet(worker):
     """The shared worker in a fleet with the collective transport (small buckets: several per update)."""
     from rollout.fleet import RolloutFleet
 
-    fleet = RolloutFleet([worker], transport="collective", collective={"bucket_mib": 1})
+    fleet = RolloutFleet([worker], transport="collective", collective={"bucket_mib": 1, "join_timeout_s": 20})
     assert fleet.weight_group.ready_members(fleet.up()) == [0]  # joined before any generation starts
     yield fleet
     import ray
 
     if fleet.weight_group.broadcaster is not None:
         ray.kill(fleet.weight_group.broadcaster)
+
+
+def _greedy(ray, worker) -> list[tuple[list[int], list[float]]]:
+    groups = ray.get(worker.generate.remote([{"prompt_id": f"gr{i}", "prompt_token_ids": p} for i, p in
+                                             enumerate(PROMPTS[:2])], {"n": 1, "max_tokens": 12, "temperature": 0.0}))
+    return [(g["samples"][0]["completion_token_ids"], g["samples"][0]["logprobs"]) for g in groups]
+
+
+def test_a_broadcast_that_fails_changes_nothing_and_the_update_goes_by_object_store(ray_session, worker, tiny_model,
+                                                                                   collective_fleet, pushed_weights):
+    ray, fleet = ray_session, collective_fleet
+    v = ray.get(worker.get_version.remote())
+    before = _greedy(ray, worker)
+    sd = perturbed_state_dict(tiny_model, scale=0.5, seed=21)
+    # 1) a broadcast that never comes (the sender is silent): the receive times out, nothing changes
+    assert fleet.weight_group.ready_members(fleet.up()) == [0]
+    handle = ray.get(fleet.weight_group.broadcaster.plan.remote(ray.put(sd), fleet.weight_group.epoch))
+    with pytest.raises(RuntimeError, match="did not arrive"):
+        ray.get(worker.load_weights.remote(WeightUpdate(v + 1, collective=handle, specs=handle["specs"])))
+    assert ray.get(worker.get_version.remote()) == v
+    after = _greedy(ray, worker)
+    for (ta, la), (tb, lb) in zip(before, after):
+        assert ta == tb
+        torch.testing.assert_close(torch.tensor(la), torch.tensor(lb), atol=1e-4, rtol=0)
+    fleet.weight_group.broken("test: the sender stayed silent")
+    # 2) the sender is gone: the fleet sends the update through the object store instead
+    ray.kill(fleet.weight_group.broadcaster)
+    fleet.publish(WeightUpdate(v + 1, tensors=ray.put(sd)), wait=True)
+    pushed_weights[v + 1] = sd
+    assert fleet.last_publish["transport"] == "object_store" and ray.get(worker.get_version.remote()) == v + 1
+    # 3) the next update forms a new group with a new sender
+    sd2 = perturbed_state_dict(tiny_model, scale=0.05, seed=22)
+    fleet.publish(WeightUpdate(v + 2, tensors=ray.put(sd2)), wait=True)
+    pushed_weights[v + 2] = sd2
+    assert fleet.last_publish["transport"] == "collective" and ray.get(worker.get_version.remote()) == v + 2
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
