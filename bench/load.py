@@ -102,7 +102,8 @@ class BlockStats:
         lat = sorted(self.latencies)
         return {"requests": self.normal, "errors": self.errors, "hostile": self.hostile,
                 "hostile_expected": self.hostile_expected, "server_errors": self.server_errors,
-                "throughput_rps": round(len(lat) / max(seconds, 1e-9), 2), "p50_ms": round(1e3 * percentile(lat, 50), 1),
+                "throughput_rps": round(len(lat) / max(seconds, 1e-9), 2),
+                "p50_ms": round(1e3 * percentile(lat, 50), 1),
                 "p95_ms": round(1e3 * percentile(lat, 95), 1), "p99_ms": round(1e3 * percentile(lat, 99), 1),
                 "samples": self.samples}
 

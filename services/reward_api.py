@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, create_model
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+                      create_model)
 
 from rewards.config import Extraction
 
@@ -35,7 +36,8 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-Count = Annotated[int, Field(ge=0, le=MAX_INT32), Strict(False), BeforeValidator(_json_integer)]  # constraints first: in the schema
+# the bounds come before the validator, or pydantic leaves them out of the JSON schema
+Count = Annotated[int, Field(ge=0, le=MAX_INT32), Strict(False), BeforeValidator(_json_integer)]
 """A non-negative int32, as JSON Schema means an integer: ``3`` and ``3.0`` are, ``true`` and ``"3"`` are not."""
 
 

@@ -3,8 +3,9 @@
 
 Refusals are JSON ``{"detail", "request_id", "errors"}``: 400 (unparsable body), 401 (token), 413 (body
 too large), 422 (invalid field, named; too many items or characters), 503 + Retry-After (busy or
-shutting down, no verifier worker can run). Bodies never carry the offending value, a traceback, a path or an internal setting;
-the server logs each refusal and failure with the request id (also in the ``X-Request-ID`` header).
+shutting down, no verifier worker can run). Bodies never carry the offending value, a traceback, a path
+or an internal setting; the server logs each refusal and failure with the request id (also in the
+``X-Request-ID`` header).
 Health endpoints are ``async`` and do no I/O, so they answer at once while verify requests run in a
 bounded thread pool of their own.
 """
@@ -49,7 +50,8 @@ def build_app(service: RewardService) -> FastAPI:
     verify_threads = anyio.CapacityLimiter(cfg.max_concurrent_requests)
     bearer = [Depends(HTTPBearer(auto_error=False))] if cfg.auth_token else []  # declares the scheme in the spec
     refusals = {400: "Body is not parsable", 401: "Missing or wrong bearer token",
-                413: "Body larger than max_request_bytes", 422: "An invalid field (named), too many items or characters",
+                413: "Body larger than max_request_bytes",
+                422: "An invalid field (named), too many items or characters",
                 503: "Busy, shutting down or unable to verify: retry after Retry-After seconds"}
 
     @app.middleware("http")

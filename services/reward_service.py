@@ -79,7 +79,8 @@ class RewardServerConfig(BaseModel):
     """How long shutdown waits for in-flight requests to finish."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
     """Default reward shaping and verifier settings, ``reward.verify.extraction`` included (request options
-    override a few); the server's ``timeout_s`` and ``workers`` replace ``reward.verify.timeout_s`` / ``num_workers``."""
+    override a few); the server's ``timeout_s`` and ``workers`` replace ``reward.verify.timeout_s`` /
+    ``num_workers``."""
 
 
 class ServiceMetrics:
@@ -95,7 +96,8 @@ class ServiceMetrics:
         self.timeouts = Counter("reward_timeouts_total", "Items that hit the hard time limit or the request deadline",
                                 registry=self.registry)
         self.cache = Counter("reward_cache_lookups_total", "Verdict cache lookups", ["result"], registry=self.registry)
-        self.errors = Counter("reward_request_errors_total", "Refused requests", ["api", "kind"], registry=self.registry)
+        self.errors = Counter("reward_request_errors_total", "Refused requests", ["api", "kind"],
+                              registry=self.registry)
         self.in_flight = Gauge("reward_requests_in_flight", "Verify requests being processed", registry=self.registry)
         restarts = Gauge("reward_pool_restarts", "Verifier worker processes killed or died and replaced",
                          registry=self.registry)
@@ -253,7 +255,8 @@ class RewardService:
     def deadline_s(self, cfg: RewardConfig) -> float:
         return self.cfg.request_timeout_s or cfg.verify.timeout_s + self.cfg.request_slack_s
 
-    def verify(self, request: BaseModel, budget_s: float | None = None, in_stream: bool = False) -> list[dict[str, Any]]:
+    def verify(self, request: BaseModel, budget_s: float | None = None,
+               in_stream: bool = False) -> list[dict[str, Any]]:
         """One result dict per item of a validated request (``id, correct, status, extracted, reason, reward,
         parts, latency_ms, cached``). ``budget_s``: the caller's own deadline (gRPC), if shorter. ``in_stream``:
         an item of a gRPC stream, whose stream was admitted as the request."""

@@ -250,7 +250,8 @@ def test_request_deadline_answers_the_rest_with_timeout(reward_server, stub):
 
 
 def test_errors_carry_a_request_id_and_no_internals(reward_server):
-    body = b'{"items": [{"completion": "x", "gold": "1"}], "options": {"overlong_buffer_tokens": false, "timeout_s": 1e999}}'
+    body = (b'{"items": [{"completion": "x", "gold": "1"}], '
+            b'"options": {"overlong_buffer_tokens": false, "timeout_s": 1e999}}')
     r = httpx.post(f"{reward_server['http']}/v1/verify", content=body, timeout=30,
                    headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422
