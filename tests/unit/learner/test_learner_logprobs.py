@@ -153,3 +153,29 @@ def test_packed_sdpa_runs_each_sequence_alone_and_matches_the_masked_row(monkeyp
         got, _ = completion_logprobs(ours, batch)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert calls and calls[0] == [len(s) for s in seqs] and calls[-1] is None  # per layer: packed, then padded
+
+
+def test_bf16_chunked_head_is_as_accurate_as_bf16_full_logits():
+    """With bf16 compute (the GPU learner) the chunked head is no further from a float64 reference."""
+    g = torch.Generator().manual_seed(1)
+    h0, w0 = torch.randn(40, 64, generator=g), torch.randn(3000, 64, generator=g) * 0.1
+    targets = torch.randint(0, 3000, (40,), generator=g)
+    g_lp, g_ent = torch.randn(40, generator=g), torch.randn(40, generator=g)
+
+    def run(fn, dtype):
+        h, w = h0.to(dtype).requires_grad_(), w0.to(dtype).requires_grad_()
+        lp, ent = fn(h, w)
+        (lp * g_lp + ent * g_ent).sum().backward()
+        assert w.grad.dtype == dtype
+        return [t.detach().double() for t in (lp, ent, h.grad, w.grad)]
+
+    def full(h, w):
+        z = (h @ w.t()) / 0.8
+        return token_logprobs(z, targets), token_entropy(z)
+
+    def chunked(h, w):
+        return head_logprobs(h, w, targets, temperature=0.8, chunk_tokens=7, entropy_grad=True)
+
+    ref = run(full, torch.float64)
+    for ours, theirs, r in zip(run(chunked, torch.bfloat16), run(full, torch.bfloat16), ref):
+        assert float((ours - r).abs().max()) <= 1.1 * float((theirs - r).abs().max()) + 1e-6
