@@ -15,6 +15,7 @@ bounded thread pool of their own.
 import logging
 import time
 import uuid
+from functools import partial
 
 import anyio
 from fastapi import Depends, FastAPI, Request
@@ -108,8 +109,14 @@ def build_app(service: RewardService) -> FastAPI:
     async def verify(req: service.models.request, request: Request):  # type: ignore[name-defined]
         """Verify a batch of (completion, gold) pairs: one verdict per item, in order."""
         t0 = time.perf_counter()
+        n_items = len(req.items)
         try:
-            verdicts = await anyio.to_thread.run_sync(service.verify, req, limiter=verify_threads)
+            service.admit(n_items)  # here, not in the thread: a request beyond the limits is refused, never queued
+            try:
+                verdicts = await anyio.to_thread.run_sync(partial(service.verify, req, admitted=True),
+                                                          limiter=verify_threads)
+            finally:
+                service.release(n_items)
         except RequestError as e:
             service.metrics.errors.labels("http", e.kind).inc()
             log.info("request %s refused: %s", request.state.request_id, str(e)[:500])

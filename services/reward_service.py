@@ -255,21 +255,24 @@ class RewardService:
     def deadline_s(self, cfg: RewardConfig) -> float:
         return self.cfg.request_timeout_s or cfg.verify.timeout_s + self.cfg.request_slack_s
 
-    def verify(self, request: BaseModel, budget_s: float | None = None,
-               in_stream: bool = False) -> list[dict[str, Any]]:
+    def verify(self, request: BaseModel, budget_s: float | None = None, in_stream: bool = False,
+               admitted: bool = False) -> list[dict[str, Any]]:
         """One result dict per item of a validated request (``id, correct, status, extracted, reason, reward,
         parts, latency_ms, cached``). ``budget_s``: the caller's own deadline (gRPC), if shorter. ``in_stream``:
-        an item of a gRPC stream, whose stream was admitted as the request."""
+        an item of a gRPC stream, whose stream was admitted as the request. ``admitted``: the caller already
+        called ``admit`` (and will call ``release``), as the HTTP adapter does before it takes a thread."""
         items = [it.model_dump() for it in request.items]  # type: ignore[attr-defined]
         cfg = self.reward_config(request.options)  # type: ignore[attr-defined]
         deadline_s = self.deadline_s(cfg) if budget_s is None else min(self.deadline_s(cfg), budget_s)
         requests = 0 if in_stream else 1
-        self.admit(len(items), requests)
+        if not admitted:
+            self.admit(len(items), requests)
         try:
             with self.metrics.in_flight.track_inprogress():
                 return self._verify(items, cfg, time.monotonic() + deadline_s)
         finally:
-            self.release(len(items), requests)
+            if not admitted:
+                self.release(len(items), requests)
 
     def open_stream(self) -> None:
         """Admit a gRPC stream as one request (its items are admitted with ``in_stream``); pair with close_stream."""

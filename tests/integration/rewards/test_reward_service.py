@@ -261,10 +261,12 @@ def test_errors_carry_a_request_id_and_no_internals(reward_server):
     assert "wrong_reward" not in r.text and "max_completion_chars" not in r.text
 
 
-def test_token_from_the_environment_and_health_when_shutdown_begins():
-    """A token from FLYWHEEL_REWARD_TOKEN guards verify but not health; on SIGTERM gRPC health turns
-    NOT_SERVING while in-flight work drains."""
-    proc, http_port, grpc_port = start_server(env={"FLYWHEEL_REWARD_TOKEN": "from-env"})
+def test_token_from_the_environment_busy_refusals_and_health_when_shutdown_begins():
+    """A token from FLYWHEEL_REWARD_TOKEN guards verify but not health; beyond max_concurrent_requests a
+    request is refused at once (503 + Retry-After / RESOURCE_EXHAUSTED), not queued; on SIGTERM gRPC health
+    turns NOT_SERVING while in-flight work drains."""
+    proc, http_port, grpc_port = start_server("--max_concurrent_requests", "1",
+                                              env={"FLYWHEEL_REWARD_TOKEN": "from-env"})
     server = {"http": f"http://127.0.0.1:{http_port}"}
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     health = health_pb2_grpc.HealthStub(channel)
@@ -280,6 +282,12 @@ def test_token_from_the_environment_and_health_when_shutdown_begins():
         t.start()  # keeps the HTTP side draining for a few seconds after SIGTERM
         while "reward_requests_in_flight 1.0" not in httpx.get(f"{server['http']}/metrics").text:
             time.sleep(0.05)
+        busy = http_verify(server, ITEMS[:1], headers=env_auth)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and busy.json()["request_id"]
+        with pytest.raises(grpc.RpcError) as e:
+            reward_pb2_grpc.RewardServiceStub(channel).Verify(reward_pb2.VerifyRequest(items=grpc_items(ITEMS[:1])),
+                                                              metadata=(("authorization", "Bearer from-env"),))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in e.value.details()
         proc.send_signal(signal.SIGTERM)
         status = None
         while status != health_pb2.HealthCheckResponse.NOT_SERVING and proc.poll() is None:
