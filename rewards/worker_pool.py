@@ -181,7 +181,6 @@ class WorkerPool:
     def resize(self, num_workers: int) -> None:
         with self._lock:
             self.size = max(self.size, num_workers)
-            self.burst = max(self.burst, num_workers)
         self._wake()
 
     def warm_up(self, wait: bool = False) -> float:
@@ -479,12 +478,13 @@ def use_inline_pool() -> None:
         _shared = (os.getpid(), InlinePool())
 
 
-def shared_pool(num_workers: int = 2) -> WorkerPool:
-    """The process-wide pool (re-created after a fork); grows to ``num_workers`` if asked."""
+def shared_pool(num_workers: int = 2, burst: int | None = None) -> WorkerPool:
+    """The process-wide pool (re-created after a fork); grows to ``num_workers`` if asked. ``burst``: extra
+    workers while slow items run (None: as many as ``num_workers``; set when the pool is created)."""
     global _shared
     with _shared_lock:
         if _shared is None or _shared[0] != os.getpid():
-            _shared = (os.getpid(), WorkerPool(num_workers))
+            _shared = (os.getpid(), WorkerPool(num_workers, burst))
         else:
             _shared[1].resize(num_workers)
         return _shared[1]  # type: ignore[return-value]

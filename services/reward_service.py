@@ -44,6 +44,9 @@ class RewardServerConfig(BaseModel):
     """gRPC port; 0 disables the gRPC API."""
     workers: int = Field(2, ge=1, le=256)
     """Verifier worker processes (the hard time limit kills and replaces one of them)."""
+    burst_workers: int | None = Field(None, ge=0, le=256)
+    """Extra workers started while items run longer than 0.25 s and work waits (retired when idle); None = as
+    many as ``workers``, 0 = never more than ``workers``."""
     grpc_threads: int = Field(16, ge=4, le=1024)
     """Threads serving gRPC calls; two are kept for health checks (verify calls beyond the rest are refused)."""
     timeout_s: float = Field(2.0, gt=0, le=60)
@@ -201,7 +204,7 @@ class RewardService:
         self.cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"verify": verify_cfg}),
                                           "auth_token": token})
         self.models = api_models(cfg.max_batch_items, cfg.max_item_chars, cfg.max_timeout_s)
-        self.pool = shared_pool(cfg.workers)
+        self.pool = shared_pool(cfg.workers, cfg.burst_workers)
         took = self.pool.warm_up(wait=True)
         log.info("%d verifier worker processes ready in %.2f s", self.pool.state()["ready"], took)
         self.metrics = ServiceMetrics(lambda: self.pool.restarts)
