@@ -55,8 +55,9 @@ class RolloutConfig(BaseModel):
     ``max_prompt_tokens + max_tokens``; the GRPO job: its longest stage). A value above the checkpoint's
     limit is refused, naming both numbers."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Engine dtype; ``auto`` takes the checkpoint's own (``torch_dtype`` in its ``config.json``; vLLM's
-    own ``auto`` would run a float32 checkpoint in bfloat16)."""
+    """Engine dtype. ``auto`` is vLLM's choice: the checkpoint's own (``torch_dtype``), except that a float32
+    checkpoint runs in bfloat16 where the hardware has it (so the GRPO job's engines sample the float32
+    pipeline checkpoints in bfloat16); ``float32`` for rollouts in the learner's precision."""
     kv_cache_gib: int = Field(1, ge=1, le=4096)
     """CPU KV-cache size per engine in GiB (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPU."""
     cpu_threads_bind: list[str] | None = None
@@ -118,12 +119,12 @@ class RolloutConfig(BaseModel):
             return need or 2048
         return min(limit, need) if need else limit
 
-    def engine_dtype(self) -> str:
-        """The dtype the engine runs: ``dtype``, with ``auto`` resolved to the checkpoint's own."""
+    def describe_dtype(self) -> str:
+        """``dtype`` for logs and messages, with the checkpoint's own where ``auto`` leaves it to vLLM."""
         if self.dtype != "auto":
             return self.dtype
         saved = checkpoint_config(self.model).get("torch_dtype") or checkpoint_config(self.model).get("dtype")
-        return saved if saved in ("float32", "bfloat16", "float16") else "auto"
+        return f"auto (checkpoint: {saved}; vLLM runs float32 as bfloat16 where it can)" if saved else "auto"
 
     @property
     def model_name(self) -> str:

@@ -92,7 +92,7 @@ class RolloutEngine:
         from rollout.engine_startup import precheck, smoke_test, start_error
 
         t0 = time.perf_counter()
-        dtype, max_len = self.cfg.engine_dtype(), self.cfg.context_len()
+        dtype, max_len = self.cfg.dtype, self.cfg.context_len()
         try:  # one-line causes (EngineStartError), never vLLM's unpicklable pydantic errors
             precheck(self.cfg, max_len)
             args = AsyncEngineArgs(
@@ -106,7 +106,7 @@ class RolloutEngine:
         except Exception as e:
             raise start_error(e, self.cfg.model) from None
         try:
-            await smoke_test(self._llm, dtype)
+            await smoke_test(self._llm, self.cfg.describe_dtype())
         except Exception:
             self.shutdown()
             raise

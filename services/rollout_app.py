@@ -87,26 +87,24 @@ def start_ray(cfg: RolloutServerConfig) -> None:
     """Join ``ray_address``, or start a local Ray that only token holders can use: Ray binds its ports
     on every interface and will not bind to loopback only (it rewrites 127.0.0.1 to the node's address),
     so its own token authentication is what keeps other hosts out."""
-    import ray
-
     own = cfg.ray_address in (None, "local")
     if own and not os.environ.get("RAY_AUTH_MODE"):  # Ray's own default would share ~/.ray/auth_token
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        if "ray" in sys.modules:  # Ray caches its config at import: make it read the environment again
+            from ray._raylet import Config
+
+            Config.initialize("")
     elif own and os.environ["RAY_AUTH_MODE"].lower() != "token":
         log.warning("RAY_AUTH_MODE=%s: the local Ray cluster accepts anyone who can reach this host's Ray ports "
                     "(it listens on every interface)", os.environ["RAY_AUTH_MODE"])
+    import ray
+
     ray.init(address="local" if own else cfg.ray_address, include_dashboard=False, ignore_reinit_error=True)
 
 
 def main(cfg: RolloutServerConfig) -> int:
     import signal
-
-    import ray
-
-    from rollout.engine_startup import EngineStartError
-    from rollout.fleet import RolloutFleet
-    from rollout.worker import create_workers
 
     why = refuse(cfg)
     if why:
@@ -115,9 +113,15 @@ def main(cfg: RolloutServerConfig) -> int:
         return 2
     if cfg.insecure_no_auth and not cfg.token():
         log.warning("--insecure_no_auth: /v1/weights and gRPC LoadWeights accept anyone who can reach %s", cfg.host)
-    start_ray(cfg)
+    start_ray(cfg)  # before anything imports Ray (its auth settings are read once)
+    import ray
+
+    from rollout.engine_startup import EngineStartError
+    from rollout.fleet import RolloutFleet
+    from rollout.worker import create_workers
+
     log.info("starting %d rollout worker(s) for %s (max_model_len %d, dtype %s)", cfg.rollout.num_workers,
-             cfg.rollout.model, cfg.rollout.max_model_len, cfg.rollout.engine_dtype())
+             cfg.rollout.model, cfg.rollout.max_model_len, cfg.rollout.describe_dtype())
     try:
         workers = create_workers(cfg.rollout)
     except EngineStartError as e:

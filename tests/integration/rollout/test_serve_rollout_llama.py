@@ -1,7 +1,7 @@
 """``flywheel serve-rollout --model DIR`` on a checkpoint as transformers writes one: a LlamaForCausalLM built
 with transformers' own ``LlamaConfig`` (random init, bfloat16 as Llama checkpoints ship, hidden 128, 4
 heads, ``max_position_embeddings`` 512) plus its own tokenizer and chat template, and no flag about the
-model: the context length (512) and dtype come from the checkpoint. Driven by the real ``openai`` client,
+model: the context length (512) comes from the checkpoint. Driven by the real ``openai`` client,
 whose very first request is ``{"prompt": "Ann", "max_tokens": 4}`` (a one-token prompt: the request that
 used to kill a bfloat16 engine on AMX CPUs). An engine that cannot start stops the command with one line
 naming the cause, never a pickling error. An engine that dies while serving is reported by ``/healthz`` and
@@ -98,7 +98,7 @@ def test_serve_rollout_on_a_transformers_llama_with_no_other_flag(server):
     assert httpx.post(url + "/v1/weights", json={"version": 1, "path": "/x", "sha256": "0" * 64},
                       timeout=30).status_code == 401
     log = server["log"].read_text()
-    assert "dtype bfloat16" in log and "max_model_len 512" in log
+    assert "checkpoint: bfloat16" in log and "max_model_len 512" in log
 
 
 @pytest.mark.slow  # a second engine start (1-3 min on 2 cores); the health states themselves are unit-tested

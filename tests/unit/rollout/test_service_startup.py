@@ -1,5 +1,5 @@
 """Start-up rules of the rollout engines and service, without starting them: the context length comes from
-the checkpoint and a larger one is refused naming both numbers, ``dtype: auto`` is the checkpoint's own,
+the checkpoint and a larger one is refused naming both numbers,
 an engine failure becomes one picklable line, the service refuses to start without a token, and health
 tells an engine that died from one that serves."""
 
@@ -49,13 +49,13 @@ def test_context_length_above_the_checkpoint_is_refused_naming_both_numbers(tmp_
     assert RolloutConfig(model=rope, max_model_len=2048).max_model_len == 2048  # 512 x 4
 
 
-def test_dtype_auto_is_the_checkpoints_own(tmp_path):
+def test_dtype_is_described_with_the_checkpoints_own(tmp_path):
     from rollout.config import RolloutConfig
 
     model = _checkpoint(tmp_path)
-    assert RolloutConfig(model=model).engine_dtype() == "float32"  # vLLM's own auto would pick bfloat16
-    assert RolloutConfig(model=model, dtype="bfloat16").engine_dtype() == "bfloat16"
-    assert RolloutConfig(model="org/hub-id").engine_dtype() == "auto"
+    assert RolloutConfig(model=model).describe_dtype().startswith("auto (checkpoint: float32")
+    assert RolloutConfig(model=model, dtype="bfloat16").describe_dtype() == "bfloat16"
+    assert RolloutConfig(model="org/hub-id").describe_dtype() == "auto"
 
 
 def test_engine_start_errors_are_one_picklable_line(tmp_path):
