@@ -98,7 +98,8 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
     held-out split or ``data_file``); ``k=0`` skips sampling. Prompts are the checkpoint's own chat
     template with ``system_prompt`` / ``prompt_template``, given to vLLM as token ids.
 
-    Returns ``{"greedy_acc", "avg_at_k", "pass_at_k", "k", "n", "by_difficulty": {...}, "seconds"}``.
+    Returns ``{"greedy_accuracy", "avg@k", "pass@k", "k", "n", "by_difficulty": {...}, "seconds"}`` (the metric
+    names of :func:`accuracy_metrics`, with ``k`` in them: ``avg@4``).
     Pass an existing ``llm`` (after loading new weights into it) to skip the engine start-up.
     """
     from vllm import SamplingParams
@@ -127,10 +128,11 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
         for i, o in enumerate(outs):
             samples[i], flat = flat[:len(o.outputs)], flat[len(o.outputs):]
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "n": len(problems), "k": k,
-                              **_scores(greedy, samples), "by_difficulty": {}}
+                              **accuracy_metrics(greedy, samples, k), "by_difficulty": {}}
     for d in difficulties:
         idx = [i for i, p in enumerate(problems) if p.difficulty == d]
-        result["by_difficulty"][str(d)] = _scores([greedy[i] for i in idx], [samples[i] for i in idx]) | {"n": len(idx)}
+        result["by_difficulty"][str(d)] = (accuracy_metrics([greedy[i] for i in idx], [samples[i] for i in idx], k)
+                                           | {"n": len(idx)})
     result["seconds"] = round(time.perf_counter() - t0, 2)
     if return_samples:
         result["samples"] = [{"question": p.question, "answer": p.answer, "greedy": o.outputs[0].text, "correct": g}
@@ -138,21 +140,29 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
     return result
 
 
-def _scores(greedy: list[bool], samples: list[list[bool]]) -> dict[str, float]:
-    n = max(len(greedy), 1)
-    out = {"greedy_acc": sum(greedy) / n}
-    if samples and samples[0]:
-        out["avg_at_k"] = sum(sum(s) / len(s) for s in samples) / n
-        out["pass_at_k"] = sum(any(s) for s in samples) / n
+def accuracy_metrics(greedy: list[bool] | None, samples: list[list[bool]] | None, k: int) -> dict[str, float]:
+    """The held-out metrics, named the same everywhere (eval, the GRPO job, the demo report).
+
+    ``greedy_accuracy``: share of problems whose greedy answer is correct; ``avg@k``: mean correctness of
+    the ``k`` samples per problem; ``pass@k``: share of problems with at least one correct sample.
+    """
+    out: dict[str, float] = {}
+    if greedy is not None:
+        out["greedy_accuracy"] = sum(greedy) / max(len(greedy), 1)
+    if samples and any(samples):
+        n = max(len(samples), 1)
+        out[f"avg@{k}"] = sum(sum(s) / max(len(s), 1) for s in samples) / n
+        out[f"pass@{k}"] = sum(any(s) for s in samples) / n
     return out
 
 
 def format_result(r: dict[str, Any]) -> str:
     """One readable line: ``greedy 41.0% | avg@4 30.2% | pass@4 55.0% (n=200)``."""
-    parts = [f"greedy {100 * r['greedy_acc']:.1f}%"]
-    if "avg_at_k" in r:
-        parts += [f"avg@{r['k']} {100 * r['avg_at_k']:.1f}%", f"pass@{r['k']} {100 * r['pass_at_k']:.1f}%"]
-    per = " ".join(f"L{d}:{100 * v['greedy_acc']:.0f}%" for d, v in r.get("by_difficulty", {}).items())
+    k = r.get("k")
+    parts = [f"greedy {100 * r['greedy_accuracy']:.1f}%"]
+    if f"avg@{k}" in r:
+        parts += [f"avg@{k} {100 * r[f'avg@{k}']:.1f}%", f"pass@{k} {100 * r[f'pass@{k}']:.1f}%"]
+    per = " ".join(f"L{d}:{100 * v['greedy_accuracy']:.0f}%" for d, v in r.get("by_difficulty", {}).items())
     return " | ".join(parts) + f" (n={r['n']}; greedy by level {per})"
 
 

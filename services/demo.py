@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("flywheel.demo")
-METRICS = ("greedy_acc", "avg_at_k", "pass_at_k")
+METRICS = ("greedy_accuracy", "avg@{k}", "pass@{k}")
 """Keys of a ``pretraining.evaluate.evaluate`` result shown in the report."""
 
 
@@ -107,7 +107,8 @@ def _evaluate_grpo_stages(cfg: DemoConfig, grpo_dir: Path, stages: list[str]) ->
 
 
 def _fmt(r: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {r[k]:.3f}" for k in METRICS if isinstance(r.get(k), float))
+    keys = [m.format(k=r.get("k")) for m in METRICS]
+    return ", ".join(f"{m} {r[m]:.3f}" for m in keys if isinstance(r.get(m), float))
 
 
 def write_report(out: Path, pre: dict[str, Any], grpo: dict[str, dict[str, Any]], seconds: dict[str, float]) -> Path:
@@ -119,7 +120,7 @@ def write_report(out: Path, pre: dict[str, Any], grpo: dict[str, dict[str, Any]]
              f"problems; avg@{k} and pass@{k} from {k} samples at temperature 1; greedy at temperature 0).", "",
              f"| step | greedy | avg@{k} | pass@{k} | checkpoint |", "| --- | --- | --- | --- | --- |"]
     for name, r, ckpt in rows:
-        cells = [f"{r[m]:.3f}" if isinstance(r.get(m), float) else "n/a" for m in METRICS]
+        cells = [f"{r[m]:.3f}" if isinstance(r.get(m), float) else "n/a" for m in (x.format(k=k) for x in METRICS)]
         lines.append(f"| {name} | {' | '.join(cells)} | `{ckpt}` |")
     lines += ["", "## Plots", ""]
     for png in sorted(out.rglob("*.png")):

@@ -31,12 +31,12 @@ def batch_metrics(groups: list[dict[str, Any]]) -> dict[str, float]:
 
 def evaluation_metrics(groups: list[dict[str, Any]], mode: str, k: int) -> dict[str, float]:
     """``avg``: avg@k (mean correctness over all samples) and pass@k; ``greedy``: greedy accuracy."""
-    n = max(len(groups), 1)
+    from pretraining.evaluate import accuracy_metrics
+
     if mode == "greedy":
-        return {"greedy_accuracy": sum(bool(g["samples"][0]["correct"]) for g in groups if g["samples"]) / n}
-    per_problem = [sum(bool(s["correct"]) for s in g["samples"]) / max(len(g["samples"]), 1) for g in groups]
-    return {f"avg@{k}": sum(per_problem) / n,
-            f"pass@{k}": sum(any(s["correct"] for s in g["samples"]) for g in groups) / n,
+        return accuracy_metrics([bool(g["samples"] and g["samples"][0]["correct"]) for g in groups], None, k)
+    samples = [[bool(s["correct"]) for s in g["samples"]] for g in groups]
+    return {**accuracy_metrics(None, samples, k),
             "eval_problems": len(groups),
             "eval_response_len_mean": sum(len(s["completion_token_ids"]) for g in groups for s in g["samples"])
             / max(sum(len(g["samples"]) for g in groups), 1)}

@@ -103,7 +103,7 @@ def test_eval_on_a_data_file(family, byo_data, tmp_path):
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert r["n"] == 4 and r["k"] == 2 and 0.0 <= r["greedy_acc"] <= 1.0
+    assert r["n"] == 4 and r["k"] == 2 and 0.0 <= r["greedy_accuracy"] <= 1.0
     assert r["samples"][0]["answer"].endswith("\\boxed{2}.")  # the worked solution is the gold
 
 
