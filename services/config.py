@@ -94,10 +94,20 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+ALTERNATIVES = (frozenset({"data_file", "difficulties"}),)
+"""Fields that are alternatives to each other within one section (a GRPO stage, ``eval``): an override that
+sets one of them drops the others the file gave, so ``--stages.0.data_file x.parquet`` replaces the config
+file's ``difficulties`` of that stage without a ``--stages.0.difficulties null``."""
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``over`` into a copy of ``base``. A dict keyed by digits indexes into a list."""
     out = dict(base)
     for k, v in over.items():
+        for group in ALTERNATIVES:
+            if k in group and v is not None:
+                for other in group - {k} - over.keys():
+                    out.pop(other, None)
         cur = out.get(k)
         if isinstance(v, dict) and isinstance(cur, list) and all(x.isdigit() for x in v):
             lst = list(cur)

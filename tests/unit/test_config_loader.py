@@ -88,3 +88,15 @@ def test_override_parsing():
 def test_describe_fields_lists_docstrings_and_bounds():
     text = "\n".join(describe_fields(Job))
     assert "--optim.lr" in text and "Peak learning rate." in text and "gt 0" in text
+
+
+def test_a_data_file_override_replaces_the_files_difficulties(tmp_path):
+    """`--stages.0.data_file` on the command line needs no `--stages.0.difficulties null` (alternatives)."""
+    from services.config import load_config
+    from services.job_config import GRPOJobConfig
+
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text("stages:\n  - difficulties: [1, 2]\n  - difficulties: [3]\n")
+    cfg = load_config(GRPOJobConfig, cfg_file, ["--stages.0.data_file", "problems.parquet"])
+    assert cfg.stages[0].data_file == "problems.parquet" and cfg.stages[0].difficulties is None
+    assert cfg.stages[1].difficulties == [3] and cfg.stages[1].data_file is None

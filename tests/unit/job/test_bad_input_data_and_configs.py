@@ -88,7 +88,7 @@ def test_the_job_checks_every_stage_file_before_training(tmp_path):
     (["--stages.0.num_problems", "[1, 2]"], "stages.0.num_problems"),
     (["--stages.0.data_fil", "x.jsonl"], "stages.0.data_fil = 'x.jsonl': unknown field"),
     (["--stages.0.num_problems", "0"], "greater than or equal to 1"),
-    (["--stages.0.data_file", "x.jsonl"], "give exactly one of difficulties"),
+    (["--stages.0.data_file", "x.jsonl", "--stages.0.difficulties", "[1]"], "give exactly one of difficulties"),
 ])
 def test_job_config_wrong_type_unknown_key_bad_value_name_the_field(override, words):
     with pytest.raises(ConfigError) as e:
