@@ -89,8 +89,11 @@ def start_error(e: BaseException, model: str) -> EngineStartError:
     errors = getattr(e, "errors", None)
     if callable(errors):  # pydantic ValidationError from vLLM's config classes
         try:
-            parts = [f"{'.'.join(str(x) for x in err.get('loc', ())) or 'config'}: {err.get('msg')}"
-                     for err in errors()]
+            parts = []
+            for err in errors():
+                loc = ".".join(str(x) for x in err.get("loc", ()))
+                msg = str(err.get("msg", "")).removeprefix("Value error, ")
+                parts.append(f"{loc}: {msg}" if loc else msg)
             return EngineStartError(_one_line(f"vLLM refused the engine config for {model}: " + "; ".join(parts)))
         except Exception:  # noqa: BLE001 - fall through to the generic line
             pass

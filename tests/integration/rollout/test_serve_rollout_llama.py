@@ -142,3 +142,17 @@ def test_an_engine_that_cannot_start_is_one_line_and_exit_2(llama, tmp_path_fact
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flywheel serve-rollout:")]
     assert len(lines) == 1 and "kv_cache_gib = 4000" in lines[0], r.stderr[-3000:]
     assert "pickle" not in r.stderr
+
+
+def test_flywheel_eval_engine_config_error_is_one_line(llama):
+    """``flywheel eval`` builds its own ``vllm.LLM``: vLLM's pydantic refusal comes back as one line."""
+    import pickle
+
+    from pretraining.evaluate import make_llm
+    from rollout.engine_startup import EngineStartError
+
+    with pytest.raises(EngineStartError) as e:
+        make_llm(str(llama), max_model_len=4096)
+    msg = str(e.value)
+    assert "\n" not in msg and "4096" in msg and "512" in msg, msg
+    assert str(pickle.loads(pickle.dumps(e.value))) == msg
