@@ -249,7 +249,7 @@ def tight_service(worker, rollout_cfg, tiny_model):
     t.join(timeout=15)
 
 
-def test_schemathesis_finds_nothing(tight_service):
+def test_schemathesis_finds_nothing(tight_service, tmp_path):
     exe = Path(sys.executable).with_name("schemathesis")
     cli = str(exe) if exe.exists() else shutil.which("schemathesis")
     if cli is None:
@@ -258,7 +258,7 @@ def test_schemathesis_finds_nothing(tight_service):
            "--checks", "all", "-H", "Authorization: Bearer contract-token", "--max-examples", "25",
            "--generation-deterministic", "--workers", "1", "--request-timeout", "120", "--max-failures", "5",
            "--no-color"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)  # its .schemathesis/ there
     summary = r.stdout[r.stdout.find("FAILURES"):] if "FAILURES" in r.stdout else r.stdout
     assert r.returncode == 0, summary[:6000] + "\n...\n" + r.stdout[-2000:] + r.stderr[-2000:]
     assert "passed" in r.stdout
