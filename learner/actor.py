@@ -18,8 +18,9 @@ once per ``train_step``, and staleness (``loss.max_staleness``) is measured in p
 batch cut into several optimizer steps (PPO mini-batches) does not make in-flight samples look older.
 
 Checkpoints (``save_checkpoint``): an HF folder (``pretraining.checkpoint.write_hf_folder``:
-``model.safetensors`` + config + tokenizer files, so vLLM and transformers load it unchanged) plus
-``optimizer.pt`` (full optimizer state by parameter name, loaded with ``weights_only=True``), ``trainer_state.json`` (step, version, scheduler, loss config) and
+``model.safetensors`` + config + tokenizer files, so vLLM and transformers load it unchanged) plus the
+resume format pretraining uses too, ``training_state.pt`` (full optimizer state by parameter name,
+scheduler, step, RNG, and the learner's version and loss config; loaded with ``weights_only=True``), and
 ``extra.msgpack`` (caller state such as stage, data position and unconsumed experience). Full (not
 sharded) state keeps the folder independent of the world size; every rank reads it on load, so a
 multi-node learner needs the folder on shared storage.
@@ -27,7 +28,6 @@ multi-node learner needs the folder on shared storage.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -269,10 +269,9 @@ class LearnerWorker:
         Written to ``<directory>.tmp`` and renamed, so a crash mid-save leaves the previous checkpoint.
         """
         import msgpack
-        import torch
         import torch.distributed as dist
 
-        from pretraining.checkpoint import write_hf_folder
+        from pretraining.checkpoint import save_training_state, write_hf_folder
         from pretraining.distributed import full_optimizer_state
 
         model_sd = self.full_state_dict()
@@ -282,11 +281,9 @@ class LearnerWorker:
             tmp = final.with_name(final.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             write_hf_folder(model_sd, self.model.config, self.checkpoint_path, tmp)
-            torch.save(optim_sd, tmp / "optimizer.pt")
-            state = {"step": self.step, "version": self.version, "scheduler": self.scheduler.state_dict(),
-                     "loss": self.loss_cfg.model_dump(), "world_size": self.world_size,
-                     "source_checkpoint": self.checkpoint_path}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str))
+            learner = {"version": self.version, "loss": self.loss_cfg.model_dump(), "world_size": self.world_size,
+                       "source_checkpoint": self.checkpoint_path}
+            save_training_state(tmp, optimizer=optim_sd, scheduler=self.scheduler, step=self.step, extra=learner)
             (tmp / "extra.msgpack").write_bytes(msgpack.packb(extra or {}, use_bin_type=True))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -297,21 +294,20 @@ class LearnerWorker:
     def load_checkpoint(self, directory: str) -> dict:
         """Restore what ``save_checkpoint`` wrote (any world size); returns its ``extra``."""
         import msgpack
-        import torch
         import torch.distributed as dist
 
-        from pretraining.checkpoint import read_hf_weights
+        from pretraining.checkpoint import TRAINING_STATE, load_training_state, read_hf_weights, set_rng_state
         from pretraining.distributed import load_full_state
 
         d = Path(directory)
-        for name in ("model.safetensors", "optimizer.pt", "trainer_state.json", "extra.msgpack"):
+        for name in ("model.safetensors", TRAINING_STATE, "extra.msgpack"):
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d} is not a learner checkpoint: {name} is missing")
-        optim_sd = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
-        load_full_state(self.model, self.optimizer, read_hf_weights(d), optim_sd)
-        state = json.loads((d / "trainer_state.json").read_text())
+        state = load_training_state(d)
+        load_full_state(self.model, self.optimizer, read_hf_weights(d), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.version = int(state["step"]), int(state["version"])
+        set_rng_state(state["rng"])
+        self.step, self.version = int(state["step"]), int(state["extra"]["version"])
         dist.barrier()
         return msgpack.unpackb((d / "extra.msgpack").read_bytes(), raw=False)
 

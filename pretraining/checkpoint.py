@@ -213,11 +213,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((v[0], tuple(v[1]), v[2]))
 
 
-def save_training_state(path: str | Path, *, optimizer, scheduler, step: int, data_position: int,
+def save_training_state(path: str | Path, *, optimizer, scheduler, step: int, data_position: int = 0,
                         extra: dict[str, Any] | None = None) -> None:
-    """Everything beyond the weights needed to continue a run exactly.
+    """Everything beyond the weights needed to continue a run exactly (the resume format of the
+    pretraining trainers and of the RL learner).
 
-    ``optimizer`` is an optimizer, or an already gathered state dict (FSDP: the full state from rank 0).
+    ``optimizer`` is an optimizer, or an already gathered state dict (FSDP: the full state from rank 0);
+    ``extra`` holds plain data of the caller (tensors, numbers, strings, lists, dicts).
     """
     import torch
 
