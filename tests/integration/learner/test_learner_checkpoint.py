@@ -166,3 +166,11 @@ def test_packed_padded_and_token_budget_steps_agree(tiny_checkpoint, process_gro
         assert metrics[name]["train_tokens"] == metrics["padded"]["train_tokens"]
         for k, v in after[name].items():
             assert float((v - after["padded"][k]).abs().max()) < 1e-5, (name, k)
+
+
+def test_activation_checkpointing_is_on_by_default_from_a_model_size(tiny_checkpoint, process_group):
+    assert not worker(tiny_checkpoint, process_group).model.is_gradient_checkpointing  # tiny: under 100M
+    small_threshold = worker(tiny_checkpoint, process_group, activation_checkpointing_min_params=1000)
+    assert small_threshold.model.is_gradient_checkpointing
+    assert not worker(tiny_checkpoint, process_group, activation_checkpointing=False,
+                      activation_checkpointing_min_params=0).model.is_gradient_checkpointing
