@@ -7,7 +7,8 @@
 
 ``before`` is the learner's loss path as it was: right-padded micro-batches of ``micro_batch_size``
 sequences, the whole ``[batch, tokens, vocab]`` logits in float32, a log-softmax for the log-probs and a
-second one for the entropy at every position. ``after`` is the learner as it is (``learner.logprobs``:
+second one for the entropy at every position (the attention implementation is the learner's current
+one in both). ``after`` is the learner as it is (``learner.logprobs``:
 lm_head + log-softmax per chunk at completion positions only, recomputed in backward; padding-free
 micro-batches cut by ``max_tokens_per_micro_batch``).
 
