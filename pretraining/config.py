@@ -51,7 +51,8 @@ class MetricsConfig(_Base):
     wandb_project: str = "flywheel"
     """W&B project name (offline mode)."""
     log_every: int = Field(10, ge=1)
-    """Log a line (and a metrics record) every N optimizer steps."""
+    """Log a line every N optimizer steps (the pretraining trainers also write their metrics record then;
+    the GRPO job writes every step to ``metrics.jsonl``)."""
 
 
 class DistributedConfig(_Base):

@@ -57,7 +57,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(args) or (args[i + 1].startswith("--") and not _is_number(args[i + 1])):
-                raise ConfigError(f"override --{key} needs a value")
+                raise ConfigError(f"override --{key} needs a value (a switch too: --{key} true)")
             value = args[i + 1]
             i += 1
         i += 1

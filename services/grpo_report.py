@@ -64,7 +64,7 @@ class StepReport:
 
         self.cfg = cfg
         self.rows: list[dict[str, Any]] = []
-        self._metrics = MetricsLogger(out, cfg.metrics_backends, wandb_project=cfg.wandb_project, append=True)
+        self._metrics = MetricsLogger(out, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project, append=True)
         self._evals = open(out / "eval.jsonl", "a")
 
     def step(self, s: int, progress, batch: list[dict[str, Any]], metrics: dict[str, Any], *, version: int,
@@ -91,7 +91,7 @@ class StepReport:
         row["samples_per_s"] = row["samples"] / max(elapsed, 1e-9)
         self.rows.append(row)
         self._metrics.log(row["global_step"], row)
-        if row["global_step"] % self.cfg.log_every == 0:
+        if row["global_step"] % self.cfg.metrics.log_every == 0:
             log.info(format_step_line(row))
         return row
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learner.config import ExperienceConfig, LearnerConfig, LossConfig
-from pretraining.config import PromptFields
+from pretraining.config import MetricsConfig, PromptFields
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
 
@@ -209,13 +209,9 @@ class GRPOJobConfig(PromptFields):
     stop_after_steps: int | None = Field(None, ge=1)
     """Stop this run (checkpointed) after this many optimizer steps; rerun to resume. For time-boxed runs
     on preemptible machines; None = run every stage to the end."""
-    log_every: int = Field(1, ge=1)
-    """Print the per-step line every N steps (metrics.jsonl gets every step)."""
-    metrics_backends: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
-    """Where step metrics go (``pretraining.metrics.MetricsLogger``): JSONL always, TensorBoard when
-    installed, W&B in offline mode when listed."""
-    wandb_project: str = "flywheel"
-    """W&B project name (offline mode) when ``metrics_backends`` lists wandb."""
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(log_every=1))
+    """Where step metrics go (the same settings as pretraining's); the per-step line is printed every
+    ``metrics.log_every`` steps, and every step goes to ``metrics.jsonl``."""
     plots: bool = True
     """Write PNG plots of reward and accuracy per stage at the end."""
     progress_bar: bool = True
