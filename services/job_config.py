@@ -233,6 +233,22 @@ class GRPOJobConfig(PromptFields):
         return self
 
 
+    @model_validator(mode="after")
+    def _fits_the_checkpoint(self) -> GRPOJobConfig:
+        from rollout.config import checkpoint_max_len
+
+        limit = checkpoint_max_len(self.model)
+        if limit is None:
+            return self
+        for i, stage in enumerate(self.stages):
+            if self.max_prompt_tokens + stage.max_response_tokens > limit:
+                raise ValueError(f"stages.{i}: max_prompt_tokens + max_response_tokens = {self.max_prompt_tokens} + "
+                                 f"{stage.max_response_tokens} = {self.max_prompt_tokens + stage.max_response_tokens} "
+                                 f"exceeds what the checkpoint {self.model} supports ({limit}, "
+                                 "max_position_embeddings in its config.json)")
+        return self
+
+
 def stage_loss(cfg: GRPOJobConfig, index: int) -> LossConfig:
     """The loss config of stage ``index``: ``cfg.loss`` with the stage's overrides applied, and the stage's
     sampling temperature (the engine records log-probs of the temperature-scaled distribution, so the

@@ -87,3 +87,14 @@ def test_the_config_json_a_job_writes_loads_again(tmp_path):
     cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_tiny.yaml")
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
     assert load_config(GRPOJobConfig, tmp_path / "config.json") == cfg
+
+
+def test_a_stage_longer_than_the_checkpoint_supports_is_refused_naming_both_numbers(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {tmp_path}\nmax_prompt_tokens: 256\nstages: [{{max_response_tokens: 256}}]\n")
+    assert load_config(GRPOJobConfig, job).stages[0].max_response_tokens == 256
+    with pytest.raises(ConfigError, match=r"256 \+ 300 = 556 exceeds .* supports \(512"):
+        load_config(GRPOJobConfig, job, ["--stages.0.max_response_tokens", "300"])
