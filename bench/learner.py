@@ -166,7 +166,7 @@ def run_case(args) -> dict:
     with tempfile.TemporaryDirectory() as d:
         params = save_random_qwen2(d, args.vocab, args.hidden, args.layers, PROMPT + response + 8)
         budget = n_seqs * (PROMPT + response)
-        w = make_worker(args.variant, d, args.device, micro_batch_size=n_seqs, grad_accumulation=1,
+        w = make_worker(args.variant, d, args.device, micro_batch_size=n_seqs, grad_accum=1,
                         max_tokens_per_micro_batch=budget, activation_checkpointing=args.activation_checkpointing or "auto")
         groups = random_groups(1, n_seqs, PROMPT, response, args.vocab, seed=0)
         start, peak = peak_tracker(args.device)
@@ -258,7 +258,7 @@ def default(args) -> None:
     process_group("cpu")
     with tempfile.TemporaryDirectory() as d:
         build_model("tiny", 512, pad_token_id=0).save_pretrained(d)
-        workers = {v: make_worker(v, d, "cpu", {"temperature": 1.2}, micro_batch_size=16, grad_accumulation=8)
+        workers = {v: make_worker(v, d, "cpu", {"temperature": 1.2}, micro_batch_size=16, grad_accum=8)
                    for v in ("before", "after")}
         rates = {v: [] for v in workers}
         cpu_rates = {v: [] for v in workers}
@@ -295,7 +295,7 @@ def throughput(args) -> None:
     with tempfile.TemporaryDirectory() as d:
         Qwen3ForCausalLM(cfg).save_pretrained(d)
         w = make_worker("after", d, args.device, micro_batch_size=args.micro,
-                        grad_accumulation=max(1, args.batch // args.micro),
+                        grad_accum=max(1, args.batch // args.micro),
                         activation_checkpointing=args.activation_checkpointing or "auto")
         params = sum(p.numel() for p in w.model.parameters())
         print(f"model: {params / 1e6:.1f}M parameters on {w.device}, seq {args.seq}, batch {args.batch}, "

@@ -207,7 +207,7 @@ class LearnerWorker:
         if not seqs:
             return {"skipped": True, "optimizer_steps": 0, "version": self.version, "step": self.step,
                     **stats.as_metrics()}
-        steps = shard_steps(seqs, self.cfg.micro_batch_size, self.cfg.grad_accumulation, self.world_size,
+        steps = shard_steps(seqs, self.cfg.micro_batch_size, self.cfg.grad_accum, self.world_size,
                             max_tokens=self.cfg.max_tokens_per_micro_batch)
         all_batches = [[collate(m, self.pad_id, packed=self.cfg.pack_sequences) for m in step[self.rank]]
                        for step in steps]

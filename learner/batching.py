@@ -182,18 +182,18 @@ def token_budget_micro_batches(seqs: list, max_tokens: int) -> list[list]:
     return bins[::-1]  # shortest micro-batches first, as the count split does
 
 
-def shard_steps(seqs: list, micro_batch_size: int, grad_accumulation: int, world_size: int,
+def shard_steps(seqs: list, micro_batch_size: int, grad_accum: int, world_size: int,
                 sort_by_length: bool = True, max_tokens: int | None = None) -> list[list[list[list[TrainSequence]]]]:
     """Split sequences into ``steps[step][rank][micro]`` lists of sequences.
 
-    One optimizer step takes ``micro_batch_size * grad_accumulation * world_size`` sequences (the last
+    One optimizer step takes ``micro_batch_size * grad_accum * world_size`` sequences (the last
     step takes the rest); inside a step sequence i goes to rank i % world_size. Each rank's share is
     then cut into micro-batches of ``micro_batch_size`` sequences after sorting by length (less
     padding), or, with ``max_tokens``, into micro-batches of at most that many tokens. The loss
     denominators are step-wide, so neither cut changes the update. Every rank of a step gets the same
     number of micro-batches (possibly empty ones) because each forward pass is a collective under FSDP.
     """
-    per_step = micro_batch_size * grad_accumulation * world_size
+    per_step = micro_batch_size * grad_accum * world_size
     steps = []
     for start in range(0, len(seqs), per_step):
         chunk = seqs[start:start + per_step]

@@ -77,13 +77,14 @@ class LearnerConfig(BaseModel):
     """AdamW betas."""
     eps: float = Field(1e-8, gt=0.0)
     """AdamW epsilon."""
-    grad_clip: float | None = Field(1.0, gt=0.0)
-    """Clip the global gradient norm to this value; ``None`` = no clipping (the norm is still reported)."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still reported), as in
+    pretraining's ``optim.grad_clip``."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward pass on each rank (unless ``max_tokens_per_micro_batch`` is set)."""
-    grad_accumulation: int = Field(8, ge=1)
+    grad_accum: int = Field(8, ge=1)
     """Micro-batches per rank per optimizer step: one optimizer step consumes
-    micro_batch_size * grad_accumulation * world_size sequences; a bigger ``train_step`` batch makes
+    micro_batch_size * grad_accum * world_size sequences; a bigger ``train_step`` batch makes
     several optimizer steps (PPO mini-batches)."""
     activation_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute each decoder block's activations in the backward pass (less memory, ~1/3 more compute);

@@ -9,7 +9,7 @@ import torch
 from learner.actor import LearnerWorker, free_port
 from learner.config import LearnerConfig, LossConfig
 
-CFG = dict(lr=2e-3, warmup_steps=3, micro_batch_size=4, grad_accumulation=2, weight_decay=0.01)
+CFG = dict(lr=2e-3, warmup_steps=3, micro_batch_size=4, grad_accum=2, weight_decay=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_activation_checkpointing_gives_the_same_step(tiny_checkpoint, process_g
 
 
 def test_kl_to_reference_is_zero_first_and_grows(tiny_checkpoint, process_group, groups_factory):
-    w = worker(tiny_checkpoint, process_group, LossConfig(kl_coef=0.05), grad_accumulation=8)
+    w = worker(tiny_checkpoint, process_group, LossConfig(kl_coef=0.05), grad_accum=8)
     first = w.train_step(groups_factory(2, 4, seed=7))
     second = w.train_step(groups_factory(2, 4, seed=8))
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -98,7 +98,7 @@ def test_kl_to_reference_is_zero_first_and_grows(tiny_checkpoint, process_group,
 
 
 def test_stale_groups_are_dropped_inside_train_step(tiny_checkpoint, process_group, groups_factory):
-    w = worker(tiny_checkpoint, process_group, LossConfig(max_staleness=0), grad_accumulation=8)
+    w = worker(tiny_checkpoint, process_group, LossConfig(max_staleness=0), grad_accum=8)
     w.train_step(groups_factory(2, 4, seed=9, version=0))  # now at version 1
     m = w.train_step(groups_factory(2, 4, seed=10, version=0))
     assert m["skipped"] and m["dropped_stale"] == 8 and m["version"] == 1
@@ -106,7 +106,7 @@ def test_stale_groups_are_dropped_inside_train_step(tiny_checkpoint, process_gro
 
 def test_several_optimizer_steps_per_batch_use_the_start_weights_as_pi_old(tiny_checkpoint, process_group, groups_factory):
     w = worker(tiny_checkpoint, process_group, LossConfig(tis_cap=None), lr=5e-2, warmup_steps=0,
-               micro_batch_size=2, grad_accumulation=1)
+               micro_batch_size=2, grad_accum=1)
     m = w.train_step(groups_factory(2, 4, seed=11))  # 8 sequences / 2 per step = 4 optimizer steps
     assert m["optimizer_steps"] == 4 and m["version"] == 1  # one published policy per train_step
     assert abs(m["ratio_mean"] - 1.0) > 1e-3 and m["clip_fraction"] > 0.0  # later steps moved away from pi_old

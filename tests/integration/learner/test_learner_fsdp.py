@@ -16,8 +16,8 @@ def test_two_gloo_ranks_match_one_rank_and_share_checkpoints(ray_local, tiny_che
     loss = LossConfig(advantage="grpo", aggregation="token", tis_cap=2.0)
     common = dict(lr=3e-3, micro_batch_size=2, warmup_steps=0, grad_clip=1.0,
                   num_cpus_per_rank=0.25)  # fits beside other actors in a shared test cluster
-    one = Learner(LearnerConfig(world_size=1, grad_accumulation=4, **common), str(tiny_checkpoint), loss)
-    two = Learner(LearnerConfig(world_size=2, grad_accumulation=2, **common), str(tiny_checkpoint), loss)
+    one = Learner(LearnerConfig(world_size=1, grad_accum=4, **common), str(tiny_checkpoint), loss)
+    two = Learner(LearnerConfig(world_size=2, grad_accum=2, **common), str(tiny_checkpoint), loss)
     try:
         before = one.full_state_dict()
         assert max_diff(before, two.full_state_dict()) == 0.0

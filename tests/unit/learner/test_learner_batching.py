@@ -95,18 +95,18 @@ def test_collate_of_nothing_is_an_all_masked_dummy():
 
 def test_shard_steps_splits_steps_ranks_and_micro_batches():
     seqs = list(range(10))
-    steps = shard_steps(seqs, micro_batch_size=2, grad_accumulation=2, world_size=2, sort_by_length=False)
+    steps = shard_steps(seqs, micro_batch_size=2, grad_accum=2, world_size=2, sort_by_length=False)
     assert steps == [[[[0, 2], [4, 6]], [[1, 3], [5, 7]]], [[[8]], [[9]]]]
 
 
 def test_shard_steps_gives_every_rank_the_same_number_of_micro_batches():
-    steps = shard_steps([0, 1, 2], micro_batch_size=1, grad_accumulation=4, world_size=2, sort_by_length=False)
+    steps = shard_steps([0, 1, 2], micro_batch_size=1, grad_accum=4, world_size=2, sort_by_length=False)
     assert steps == [[[[0], [2]], [[1], []]]]
 
 
 def test_shard_steps_groups_similar_lengths_into_micro_batches():
     seqs = [TrainSequence([1], [2] * n, [0.0] * n, [0] * n, 0.0, [1.0] * n) for n in (9, 1, 8, 2)]
-    (ranks,) = shard_steps(seqs, micro_batch_size=2, grad_accumulation=2, world_size=1)
+    (ranks,) = shard_steps(seqs, micro_batch_size=2, grad_accum=2, world_size=1)
     assert [[len(s.completion_ids) for s in mb] for mb in ranks[0]] == [[1, 2], [8, 9]]
 
 
@@ -129,7 +129,7 @@ def test_a_sequence_over_the_budget_gets_a_micro_batch_of_its_own():
 
 def test_shard_steps_with_a_token_budget_keeps_the_step_size_and_equalises_ranks():
     seqs = [seq(n) for n in (400, 30, 30, 30, 400, 400, 30, 30)]
-    steps = shard_steps(seqs, micro_batch_size=2, grad_accumulation=2, world_size=2, max_tokens=500)
+    steps = shard_steps(seqs, micro_batch_size=2, grad_accum=2, world_size=2, max_tokens=500)
     assert len(steps) == 1  # 2 x 2 x 2 = 8 sequences per optimizer step, as without the budget
     rank0, rank1 = steps[0]
     assert len(rank0) == len(rank1)
