@@ -11,9 +11,9 @@ asynchronous in-flight training (same code path). Imports no torch, vllm or ray.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
 
 from learner.config import ExperienceConfig, LearnerConfig, LossConfig
 from pretraining.config import MetricsConfig, PromptFields
@@ -34,6 +34,29 @@ class PlateauConfig(BaseModel):
     """An improvement smaller than this does not count."""
     min_steps: int = Field(8, ge=0)
     """Never stop before this many steps of the stage."""
+
+
+class _Overrides(BaseModel):
+    """Base of an overrides model: only the fields a user set exist (and are dumped, so a job's
+    ``config.json`` loads back to the same overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+def overrides_of(model: type[BaseModel]) -> type[BaseModel]:
+    """A model with every field of ``model``, each optional and unset by default: what a stage overrides.
+    Bounds are checked on the merged result (``stage_loss``)."""
+    fields = {name: (f.annotation | None, Field(None, description=f.description))
+              for name, f in model.model_fields.items()}
+    return create_model(f"{model.__name__}Overrides", __base__=_Overrides, **fields)
+
+
+LossOverrides = overrides_of(LossConfig)
+"""Per-stage overrides of the job's ``loss`` (typed: an unknown or misspelt field is an error)."""
 
 
 class StageConfig(BaseModel):
@@ -73,7 +96,7 @@ class StageConfig(BaseModel):
     """Stop early when the reward plateaus; None = run all ``steps``."""
     overlong_buffer_tokens: int | None = Field(None, ge=0)
     """DAPO overlong soft penalty band below ``max_response_tokens``; None keeps ``reward``'s setting."""
-    loss: dict[str, Any] = Field(default_factory=dict)
+    loss: LossOverrides = Field(default_factory=LossOverrides)
     """Overrides of ``loss`` fields for this stage, e.g. ``{clip_high: 0.28, kl_coef: 0.0}``."""
     lr: float | None = Field(None, gt=0)
     """Learning rate of this stage (None keeps ``learner.lr``)."""
@@ -223,7 +246,7 @@ class GRPOJobConfig(PromptFields):
         if self.loss.temperature != 1.0:  # the default passes: the job's own config.json dump carries it
             raise ValueError(f"loss.temperature: set each stage's temperature instead {why}")
         for i, stage in enumerate(self.stages):
-            if "temperature" in stage.loss:
+            if "temperature" in stage.loss.model_fields_set:
                 raise ValueError(f"stages.{i}.loss.temperature: set stages.{i}.temperature instead {why}")
             try:
                 stage_loss(self, i)
@@ -254,7 +277,8 @@ def stage_loss(cfg: GRPOJobConfig, index: int) -> LossConfig:
     sampling temperature (the engine records log-probs of the temperature-scaled distribution, so the
     learner's ratios and TIS weights compare against that distribution only at the same temperature)."""
     stage = cfg.stages[index]
-    return LossConfig.model_validate({**cfg.loss.model_dump(), **stage.loss, "temperature": stage.temperature})
+    return LossConfig.model_validate({**cfg.loss.model_dump(), **stage.loss.model_dump(),
+                                      "temperature": stage.temperature})
 
 
 def stage_reward(cfg: GRPOJobConfig, index: int) -> RewardConfig:

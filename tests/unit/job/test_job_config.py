@@ -98,3 +98,15 @@ def test_a_stage_longer_than_the_checkpoint_supports_is_refused_naming_both_numb
     assert load_config(GRPOJobConfig, job).stages[0].max_response_tokens == 256
     with pytest.raises(ConfigError, match=r"256 \+ 300 = 556 exceeds .* supports \(512"):
         load_config(GRPOJobConfig, job, ["--stages.0.max_response_tokens", "300"])
+
+
+def test_stage_loss_overrides_are_typed_and_survive_the_config_json_round_trip():
+    repo = Path(__file__).resolve().parents[3]
+    cfg = load_config(GRPOJobConfig, repo / "configs/grpo_tiny.yaml",
+                      ["--stages.1.loss.kl_coef", "0.05", "--stages.0.loss.tis_cap", "null"])
+    assert stage_loss(cfg, 1).kl_coef == 0.05 and stage_loss(cfg, 0).tis_cap is None  # null is an override too
+    assert stage_loss(cfg, 2).tis_cap == cfg.loss.tis_cap
+    assert cfg.stages[0].loss.model_dump() == {"tis_cap": None}  # only what was set is written out
+    assert GRPOJobConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    with pytest.raises(ConfigError, match=r"stages\.1\.loss\.kl_coeff = 0.05: unknown field"):
+        load_config(GRPOJobConfig, repo / "configs/grpo_tiny.yaml", ["--stages.1.loss.kl_coeff", "0.05"])
