@@ -52,6 +52,16 @@ def stop_processes_under(temp_dirs: list[Path]) -> None:
             pass
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGTERM a server process, SIGKILL it after ``timeout`` s; returns its exit code."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def _cuda_available() -> bool:
     try:
         import torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import main as flywheel
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
 from tests.fixtures.tiny_checkpoint import FAMILIES, build_family
 
 REPO = Path(__file__).resolve().parents[3]
@@ -134,12 +133,7 @@ def test_serve_rollout_answers_the_openai_client(family, byo_ray):
         comp = client.completions.create(model=model, prompt="Ann has 3 pens", max_tokens=6, n=2, logprobs=1)
         assert len(comp.choices) == 2 and all(len(c.logprobs.tokens) > 0 for c in comp.choices)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=60)
 
 
 def test_grpo_two_steps_on_a_parquet_stage_with_a_system_prompt(family, byo_ray, byo_data, tmp_path):

@@ -6,7 +6,6 @@ included, is the manifest's. The rollout server (a vLLM engine) runs only with `
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from learner.actor import free_port
+from tests.conftest import terminate
 
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "deploy" / "k8s"
@@ -76,12 +76,7 @@ def _run_and_probe(container: dict, extra: dict[str, str], timeout: float) -> No
             assert status == 200, (url, status, body[:200])
             json.loads(body)  # a health document, not an error page
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=30)
 
 
 def test_reward_server_answers_its_probes_with_the_manifest_command():

@@ -10,7 +10,6 @@ naming the cause, never a pickling error. An engine that dies while serving is r
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
 
 REPO = Path(__file__).resolve().parents[3]
 TOKEN = "llama-test-token"
@@ -68,12 +67,7 @@ def server(llama, tmp_path_factory):
         _wait_ready(url, proc, log)
         yield state
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=120)
         state["exit"] = proc.returncode
 
 
