@@ -8,9 +8,11 @@ the same weights published ``--updates`` times through each transport by a :clas
 (the learner's side is a ``ray.put`` of the state dict on the same node, as the learner's
 ``publish_weights`` leaves it). Per update: seconds to hand over (publish -> every worker applied it),
 the generation stall (client-side pause window, and the model's idle gap measured in the engine), and
-the peak extra memory while the update is in flight: on the sender side (the broadcaster's bucket; the
-object store path has no sender process beyond the store) and on the receiver side (RSS of the worker
-actor and its vLLM engine process above their level before the update, plus ``/dev/shm`` staging),
+the peak extra memory while the update is in flight: on the sender side (RSS of the broadcaster above
+its level before the update: the object-store pages of the state dict it reads, which it maps rather
+than copies, plus its bucket; the object store path has no sender process: the state dict sits in the
+store for both transports) and on the receiver side (RSS of the worker actor and its vLLM engine
+process above their level before the update, plus this benchmark's ``/dev/shm`` staging files),
 sampled every 5 ms. Prints one table per model with the collective / object store ratios of the same
 run. Numbers from a shared or loaded machine say so: the load average is printed with them.
 """
@@ -26,8 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# run as a script, bench/ is first on sys.path and bench/rollout.py would shadow the rollout package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 SIZES = {"tiny": {}, "100m": {"hidden_size": 768, "num_layers": 17, "num_heads": 12}}
 """Model shapes (``tests.fixtures.tiny_checkpoint.build_tiny_qwen3`` arguments); 100m: ~101M parameters."""
@@ -36,10 +38,11 @@ SIZES = {"tiny": {}, "100m": {"hidden_size": 768, "num_layers": 17, "num_heads":
 class MemorySampler:
     """Peak RSS above a baseline of a set of processes (and ``/dev/shm`` use), sampled in a thread."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], shm: bool = True) -> None:
         import psutil
 
         self.procs = [psutil.Process(p) for p in pids]
+        self.shm = shm
         self.base = self._now()
         self.peak = 0
         self._stop = threading.Event()
@@ -53,7 +56,7 @@ class MemorySampler:
             except Exception:  # noqa: BLE001 - a process that went away holds nothing
                 pass
         shm = 0
-        if os.path.isdir("/dev/shm"):  # this benchmark's staging files (the workers are named bench-*)
+        if self.shm and os.path.isdir("/dev/shm"):  # this benchmark's staging files (the workers are named bench-*)
             for e in os.scandir("/dev/shm"):
                 if e.name.startswith("flywheel-bench-"):
                     try:
@@ -95,7 +98,8 @@ def run_transport(fleet, worker, weights_ref, start_version: int, updates: int, 
     for k in range(updates):
         version = start_version + k
         rx_pids = worker_pids(worker)
-        with MemorySampler(rx_pids) as rx, MemorySampler(sender_pids()) as tx:
+        senders = sender_pids()
+        with MemorySampler(rx_pids) as rx, MemorySampler(senders, shm=False) as tx:
             t0 = time.perf_counter()
             fleet.publish(WeightUpdate(version, tensors=weights_ref), wait=True)
             handover = time.perf_counter() - t0
@@ -103,7 +107,7 @@ def run_transport(fleet, worker, weights_ref, start_version: int, updates: int, 
         rec = ray.get(worker.stats.remote())["syncs"][-1]
         assert rec["version"] == version, rec
         out.append({"handover_s": handover, "stall_s": rec["stall_s"], "idle_s": rec["idle_s"],
-                    "rx_peak_bytes": rx.peak, "tx_peak_bytes": tx.peak,
+                    "rx_peak_bytes": rx.peak, "tx_peak_bytes": tx.peak if senders else None,
                     "transport": fleet.last_publish.get("transport"), "bytes": fleet.last_publish.get("bytes")})
     return out
 
