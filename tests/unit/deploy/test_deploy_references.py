@@ -128,7 +128,7 @@ def job_config(job_entrypoint):
 
 
 def test_rayjob_config_is_the_scaled_out_gpu_config(job_config):
-    assert job_config.rollout.weight_transport == "nccl", "the cluster config should sync weights over NCCL"
+    assert job_config.rollout.weight_transport == "collective", "the cluster config should broadcast the weights"
     assert job_config.learner.device == "cuda"
     assert job_config.learner.world_size >= 2 and job_config.rollout.num_workers >= 2
     for stage in job_config.stages:  # vLLM's max_model_len follows the longest stage
