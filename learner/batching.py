@@ -1,7 +1,7 @@
 """Batch shaping: from rollout ``Group``s to packed (or padded) micro-batches of tensors.
 
-- ``dynamic_sampling``: drop groups whose rewards are all equal (zero advantage, no signal; DAPO); the
-  job keeps pulling from the experience stream until the batch is full.
+- ``is_zero_variance``: a group whose rewards are all equal has zero advantages (no signal); the GRPO
+  job's batch builder (``services.grpo_batch``) skips such groups (DAPO's dynamic sampling).
 - ``staleness``: a sample whose oldest token is more than ``max_staleness`` policy versions behind the
   learner is dropped, or its too-old tokens are down-weighted (per-token versions are in the record).
 - ``sequences_from_groups``: group advantages (computed on the whole group, before any sample is
@@ -34,12 +34,6 @@ def is_zero_variance(group: Group | dict[str, Any]) -> bool:
     """True when every sample of the group has the same reward (the group carries no learning signal)."""
     rewards = [s.reward for s in as_group(group).samples]
     return len(rewards) == 0 or max(rewards) == min(rewards)
-
-
-def dynamic_sampling(groups: list) -> tuple[list, int]:
-    """Keep the groups with some reward variance; returns ``(kept, number_dropped)``."""
-    kept = [g for g in groups if not is_zero_variance(g)]
-    return kept, len(groups) - len(kept)
 
 
 def version_lag(versions: list[int], current_version: int) -> list[int]:
