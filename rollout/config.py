@@ -103,10 +103,10 @@ class RolloutConfig(BaseModel):
         if self.tensor_parallel_size > 1 and self.num_gpus_per_worker < self.tensor_parallel_size:
             raise ValueError(f"tensor_parallel_size = {self.tensor_parallel_size} needs num_gpus_per_worker >= "
                              f"{self.tensor_parallel_size}, got {self.num_gpus_per_worker}")
-        limit = checkpoint_max_len(self.model)
-        if self.max_model_len is not None and limit is not None and self.max_model_len > limit:
-            raise ValueError(f"max_model_len = {self.max_model_len} exceeds what the checkpoint {self.model} "
-                             f"supports ({limit}, max_position_embeddings in its config.json)")
+        if self.max_model_len is not None:
+            why = context_overflow(self.model, self.max_model_len, f"max_model_len = {self.max_model_len}")
+            if why:
+                raise ValueError(why)
         return self
 
     def context_len(self, need: int | None = None) -> int:
@@ -123,7 +123,7 @@ class RolloutConfig(BaseModel):
         """``dtype`` for logs and messages, with the checkpoint's own where ``auto`` leaves it to vLLM."""
         if self.dtype != "auto":
             return self.dtype
-        saved = checkpoint_config(self.model).get("torch_dtype") or checkpoint_config(self.model).get("dtype")
+        saved = (c := checkpoint_config(self.model)).get("torch_dtype") or c.get("dtype")
         return f"auto (checkpoint: {saved}; vLLM runs float32 as bfloat16 where it can)" if saved else "auto"
 
     @property
@@ -150,6 +150,15 @@ def checkpoint_config(model: str) -> dict:
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length",
                 "max_seq_length", "seq_len")
 """``config.json`` fields that bound a model's context (the ones vLLM itself reads; the smallest wins)."""
+
+
+def context_overflow(model: str, length: int, what: str) -> str | None:
+    """Why ``length`` tokens (described by ``what``) do not fit the checkpoint's context, or None when they do
+    (or when its config does not say): the one message for the config checks and the engine start-up."""
+    limit = checkpoint_max_len(model)
+    if limit is None or length <= limit:
+        return None
+    return f"{what} exceeds what the checkpoint {model} supports ({limit}, max_position_embeddings in its config.json)"
 
 
 def checkpoint_max_len(model: str) -> int | None:

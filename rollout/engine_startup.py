@@ -37,12 +37,11 @@ class EngineStartError(RuntimeError):
 
 def precheck(cfg, max_model_len: int) -> None:
     """Refuse, naming the numbers, what vLLM would refuse (or die of) in a way the user never sees."""
-    from rollout.config import checkpoint_max_len
+    from rollout.config import context_overflow
 
-    limit = checkpoint_max_len(cfg.model)
-    if limit is not None and max_model_len > limit:
-        raise EngineStartError(f"rollout.max_model_len = {max_model_len} exceeds what the checkpoint {cfg.model} "
-                               f"supports ({limit}, max_position_embeddings in its config.json)")
+    why = context_overflow(cfg.model, max_model_len, f"rollout.max_model_len = {max_model_len}")
+    if why:
+        raise EngineStartError(why)
     if cfg.num_gpus_per_worker <= 0:
         try:
             import psutil

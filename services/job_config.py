@@ -258,17 +258,14 @@ class GRPOJobConfig(PromptFields):
 
     @model_validator(mode="after")
     def _fits_the_checkpoint(self) -> GRPOJobConfig:
-        from rollout.config import checkpoint_max_len
+        from rollout.config import context_overflow
 
-        limit = checkpoint_max_len(self.model)
-        if limit is None:
-            return self
         for i, stage in enumerate(self.stages):
-            if self.max_prompt_tokens + stage.max_response_tokens > limit:
-                raise ValueError(f"stages.{i}: max_prompt_tokens + max_response_tokens = {self.max_prompt_tokens} + "
-                                 f"{stage.max_response_tokens} = {self.max_prompt_tokens + stage.max_response_tokens} "
-                                 f"exceeds what the checkpoint {self.model} supports ({limit}, "
-                                 "max_position_embeddings in its config.json)")
+            n = self.max_prompt_tokens + stage.max_response_tokens
+            why = context_overflow(self.model, n, f"stages.{i}: max_prompt_tokens + max_response_tokens = "
+                                                  f"{self.max_prompt_tokens} + {stage.max_response_tokens} = {n}")
+            if why:
+                raise ValueError(why)
         return self
 
 
