@@ -114,7 +114,8 @@ class RolloutFleet:
         """Workers the publish in flight was sent to by broadcast."""
         self._publish_recs: list[dict] = []
         self.last_publish: dict[str, Any] = {}
-        """The last publish that landed: version, transport, bytes moved, seconds to hand over, stall."""
+        """The last publish that landed: version, transport, bytes moved, seconds to hand over, stall, and the
+        workers that got it by broadcast (``broadcast_to``; the others through the object store)."""
         self.recoveries: list[dict[str, Any]] = []
         """Per rejoined worker: id, weight version it got, seconds from death to generating again."""
 
@@ -266,19 +267,23 @@ class RolloutFleet:
         self.update = update
         self._publish_recs = []
         members, sent = [], update
-        if self.weight_group is not None and update.tensors is not None:
+        for attempt in range(2 if self.weight_group is not None and update.tensors is not None else 0):
             try:
                 members = self.weight_group.ready_members(self.up())
                 if members:
                     handle = self.weight_group.plan(update.tensors, update.version)
                     sent = WeightUpdate(update.version, collective=handle, specs=handle["specs"])
                     self._broadcast = self.weight_group.broadcast(update.tensors, handle)
-            except Exception as e:  # noqa: BLE001 - e.g. the broadcaster died: this update goes by object store
+                break
+            except Exception as e:  # noqa: BLE001 - the broadcaster died (a new one is started once), ...
                 from ray.exceptions import RayActorError
 
+                dead = isinstance(e, RayActorError)
                 self.weight_group.broken(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                                         sender_dead=isinstance(e, RayActorError))
-                members, sent = [], update
+                                         sender_dead=dead)
+                members, sent = [], update  # ... else this update goes through the object store
+                if not dead:
+                    break
         self._broadcast_to = set(members)
         for i in self.up():
             self.publish_refs[i] = (update.version, self.workers[i].load_weights.remote(sent if i in members else update))
@@ -357,7 +362,8 @@ class RolloutFleet:
             "bytes": sum(float(r.get("bytes", 0)) for r in recs),
             "handover_s": max((float(r.get("fetch_s", 0.0)) + float(r.get("sync_s", 0.0)) for r in recs), default=0.0),
             "stall_s": max((float(r.get("stall_s", 0.0)) for r in recs), default=0.0),
-            "broadcast_s": sent.get("seconds"), "sender_peak_extra_bytes": sent.get("peak_extra_bytes")}
+            "broadcast_s": sent.get("seconds"), "sender_peak_extra_bytes": sent.get("peak_extra_bytes"),
+            "broadcast_to": [self.ids[i] for i in sorted(self._broadcast_to)] if sent else []}
         self._publish_recs = []
 
     def start_continuous(self, source: Any, sink: Any, sampling: dict, max_in_flight: int) -> None:

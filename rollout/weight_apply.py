@@ -127,14 +127,15 @@ class WeightApplier:
         """Join the weight group of ``handle`` (:mod:`rollout.weight_sync`); "ok" or why not."""
         llm = self.engine.llm
         await llm.collective_rpc("flywheel_join", args=(handle,))
-        deadline = time.monotonic() + float(handle.get("timeout_s", 60.0)) + 30.0
+        timeout_s = float(handle.get("timeout_s", 60.0))
+        deadline = time.monotonic() + 2 * timeout_s + 60.0  # arrivals, then the group itself
         while time.monotonic() < deadline:
-            statuses = await llm.collective_rpc("flywheel_joined", args=(handle["epoch"],))
+            statuses = await llm.collective_rpc("flywheel_joined", args=(handle["group"],))
             if all(st is not None for st in statuses):
                 bad = [st for st in statuses if st != "ok"]
                 return bad[0] if bad else "ok"
             await asyncio.sleep(0.05)
-        return f"weight group {handle['epoch']} not joined within {handle.get('timeout_s', 60.0):.0f} s"
+        return f"weight group {handle['group']} not joined within {2 * timeout_s + 60:.0f} s"
 
     async def _apply_broadcast(self, update: WeightUpdate) -> SyncRecord:
         """Receive a broadcast update (prepared in the background while generating), then swap it in as
@@ -152,7 +153,7 @@ class WeightApplier:
         mode = "prepare" if self.engine.cfg.prepare_updates else "stage"
         started = await llm.collective_rpc("flywheel_receive", args=(handle, token, mode))
         if not all(started):
-            raise RuntimeError(f"{self.engine.worker_id}: not a member of weight group {handle['epoch']}")
+            raise RuntimeError(f"{self.engine.worker_id}: not a member of weight group {handle['group']}")
         status = await self._wait_prepared(token)
         if status == "ok" and mode == "prepare":
             load, pipelined = ("flywheel_commit", (token,)), True

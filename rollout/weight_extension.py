@@ -142,33 +142,35 @@ class WeightReloadExtension:
 
     # ------------------------------------------------------------------ collective transport
     def flywheel_join(self, handle: dict) -> bool:
-        """Start joining weight group ``handle["epoch"]`` (:mod:`rollout.weight_sync`) in the background
-        as rank ``handle["rank"]`` (+ this worker's rank within its engine); poll
-        :meth:`flywheel_joined`. Returns at once."""
+        """Start joining weight group ``handle["group"]`` (:func:`rollout.weight_sync.join_group`) in the
+        background as rank ``handle["rank"]`` (+ this worker's rank within its engine), announcing the
+        engine's dtype; poll :meth:`flywheel_joined`. Returns at once."""
         state: dict[str, Any] = {"done": threading.Event(), "error": None}
-        self._flywheel_join_state = (handle["epoch"], state)
+        self._flywheel_join_state = (handle["group"], state)
         rank = int(handle["rank"]) + int(getattr(self, "rank", 0) or 0)
+        dtype = str(self.model_runner.vllm_config.model_config.dtype).removeprefix("torch.")
+        backend = handle.get("backend", "gloo")
+        device = getattr(self, "device", None) if backend == "nccl" else None  # vLLM's worker: its own GPU
 
         def work() -> None:
-            from rollout.weight_sync import join_group
+            from rollout.weight_sync import group_device, join_group
 
             try:
-                self._flywheel_group = (handle["epoch"], join_group(handle["host"], handle["port"], rank,
-                                                                    handle["world_size"], handle["epoch"],
-                                                                    handle.get("timeout_s", 60.0)))
+                device_ = group_device(backend, device)
+                self._flywheel_group = (handle["group"], join_group(handle, rank, dtype), backend, device_)
             except Exception as e:  # noqa: BLE001 - reported by flywheel_joined
                 state["error"] = f"{type(e).__name__}: {e}"
             finally:
                 state["done"].set()
 
-        threading.Thread(target=work, name=f"flywheel-join-{handle['epoch']}", daemon=True).start()
+        threading.Thread(target=work, name=f"flywheel-join-{handle['group']}", daemon=True).start()
         return True
 
-    def flywheel_joined(self, epoch: int) -> str | None:
-        """None while joining group ``epoch``; then "ok" or the error."""
+    def flywheel_joined(self, group: str) -> str | None:
+        """None while joining weight group ``group``; then "ok" or the error."""
         current = getattr(self, "_flywheel_join_state", None)
-        if current is None or current[0] != epoch:
-            return f"weight group {epoch} was never joined here"
+        if current is None or current[0] != group:
+            return f"weight group {group} was never joined here"
         if not current[1]["done"].is_set():
             return None
         return current[1]["error"] or "ok"
@@ -179,16 +181,21 @@ class WeightReloadExtension:
         or ``discard`` (take part in the broadcast, keep nothing: a refused update must not stall the
         others). False when this worker is not in the handle's group."""
         group = getattr(self, "_flywheel_group", None)
-        if group is None or group[0] != handle["epoch"]:
+        if group is None or group[0] != handle["group"]:
             return False
-        from rollout.weight_sync import receive_buckets
+        from rollout.weight_sync import group_device, receive_buckets
+
+        _, pg, backend, device = group
+
+        def received():
+            return receive_buckets(pg, handle, group_device(backend, device))  # in the receiving thread
 
         if mode == "discard":
-            threading.Thread(target=lambda: [None for _ in receive_buckets(group[1], handle)], daemon=True,
+            threading.Thread(target=lambda: [None for _ in received()], daemon=True,
                              name=f"flywheel-discard-{token}").start()
             return True
         # received whole before preparing: a broadcast must be read to its end whatever the model says
-        self._flywheel_start(token, lambda: list(receive_buckets(group[1], handle)), prepare=mode == "prepare")
+        self._flywheel_start(token, lambda: list(received()), prepare=mode == "prepare")
         return True
 
     def flywheel_reload_staged(self, token: str) -> int:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -39,18 +41,78 @@ DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F6
 
 
 # ---------------------------------------------------------------------------------- collective
-def join_group(host: str, port: int, rank: int, world_size: int, epoch: int, timeout_s: float = 60.0,
-               store=None):
-    """This process's member of the weight group ``epoch``: a gloo process group over the ``TCPStore`` at
-    ``host:port`` (rank 0 passes the master ``store`` it opened). Blocks until every rank has joined."""
+BACKENDS = ("gloo", "nccl")
+"""Process-group backends of the weight group: gloo (tensors in host memory) or NCCL (on the GPUs)."""
+
+
+def group_backend(engine_gpus: float, learner_device: str) -> str:
+    """The weight group's backend: NCCL when the engines run on CUDA (``engine_gpus`` per worker > 0) and
+    the sender beside learner rank 0 has a GPU too (buckets on the sender's and the engines' GPUs); gloo
+    otherwise (buckets in host memory; the same code path, so CI runs it on CPU)."""
+    return "nccl" if engine_gpus > 0 and learner_device == "cuda" else "gloo"
+
+
+def group_device(backend: str, device=None):
+    """Where this process keeps its buckets for ``backend`` (and makes it the thread's CUDA device): the
+    given CUDA ``device`` (default: the current one) for NCCL, else the CPU."""
+    import torch
+
+    if backend != "nccl":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("the NCCL weight group needs CUDA in every member; this process sees no GPU")
+    device = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
+    torch.cuda.set_device(device)  # CUDA's current device is per thread: the join/receive threads need it
+    return device
+
+
+def new_group(store, rank: int, world_size: int, timeout_s: float, backend: str = "gloo"):
+    """A process group of our own over ``store`` (built directly, so the process's default group, e.g.
+    vLLM's in its worker, is untouched): ``ProcessGroupGloo`` or ``ProcessGroupNCCL``."""
     from datetime import timedelta
 
     import torch.distributed as dist
 
     timeout = timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()  # as torch.distributed.new_group builds one
+        opts.is_high_priority_stream = False
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world_size, opts)
+    if backend != "gloo":
+        raise ValueError(f"weight group backend must be one of {BACKENDS}, got {backend!r}")
+    return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+
+
+def _group_store(handle: dict, is_master: bool = False, store=None):
+    """The ``PrefixStore`` of weight group ``handle["group"]`` (on the sender's ``TCPStore``)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
     if store is None:
-        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout, wait_for_workers=False)
-    return dist.ProcessGroupGloo(dist.PrefixStore(f"flywheel-weights/{epoch}", store), rank, world_size, timeout)
+        store = dist.TCPStore(handle["host"], handle["port"], None, is_master,
+                              timeout=timedelta(seconds=float(handle["timeout_s"])), wait_for_workers=False)
+    return dist.PrefixStore(f"flywheel-weights/{handle['group']}", store), store
+
+
+def join_group(handle: dict, rank: int, dtype: str = ""):
+    """Receiver side of joining weight group ``handle`` (from :meth:`WeightBroadcaster.open`) as ``rank``,
+    in two phases so that one member that cannot join never stops the others: mark this rank arrived
+    (with the engine's ``dtype``) in the sender's store, wait for the sender to name the members (the
+    ranks that arrived in time), then build the process group at this rank's place among them (ranks
+    are renumbered 1..n, the sender is 0). Raises if the sender left this rank out or never answered."""
+    import json
+    from datetime import timedelta
+
+    timeout_s = float(handle["timeout_s"])
+    prefix, _ = _group_store(handle)
+    prefix.set(f"arrived/{rank}", dtype or "?")
+    prefix.wait(["members"], timedelta(seconds=2 * timeout_s + 30))  # the sender waits timeout_s for arrivals
+    members = json.loads(prefix.get("members"))
+    if rank not in members:
+        raise RuntimeError(f"left out of weight group {handle['group']} (arrived after the members were named)")
+    return new_group(prefix, 1 + members.index(rank), 1 + len(members), timeout_s, handle.get("backend", "gloo"))
 
 
 def broadcast(group, tensor) -> None:
@@ -65,13 +127,10 @@ def broadcast(group, tensor) -> None:
 def plan_buckets(specs: dict[str, tuple[list[int], str]], bucket_bytes: int) -> list[list[str]]:
     """Tensor names in broadcast order, cut into buckets of at most ``bucket_bytes`` of one dtype each
     (a tensor larger than a bucket travels alone)."""
-    size = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}
     buckets: list[list[str]] = []
     used, dtype = 0, None
     for name, (shape, dt) in specs.items():
-        n = size[dt]
-        for d in shape:
-            n *= d
+        n = _SIZE[dt] * _numel(shape)
         if not buckets or dt != dtype or used + n > bucket_bytes:
             buckets.append([])
             used, dtype = 0, dt
@@ -80,22 +139,25 @@ def plan_buckets(specs: dict[str, tuple[list[int], str]], bucket_bytes: int) -> 
     return buckets
 
 
-def receive_buckets(group, handle: dict):
+def receive_buckets(group, handle: dict, device=None):
     """Receiver side of one update: yields ``(name, tensor)`` bucket by bucket (each bucket one new
-    flat buffer the yielded tensors are views of)."""
+    flat buffer on ``device``, CPU by default, the yielded tensors are views of)."""
     import torch
 
     specs = handle["specs"]
     for names in handle["buckets"]:
         dtype = getattr(torch, _TORCH[specs[names[0]][1]])
         numels = [_numel(specs[n][0]) for n in names]
-        buf = torch.empty(sum(numels), dtype=dtype)
+        buf = torch.empty(sum(numels), dtype=dtype, device=device)
         broadcast(group, buf)
+        if buf.is_cuda:  # NCCL's wait() orders only this thread's stream; the consumer may use another
+            torch.cuda.synchronize(buf.device)
         for name, part in zip(names, torch.split(buf, numels)):
             yield name, part.view(specs[name][0])
 
 
 _TORCH = {v: k for k, v in DTYPES.items()}
+_SIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}
 
 
 def _numel(shape: list[int]) -> int:
@@ -110,52 +172,68 @@ class WeightBroadcaster:
 
     A Ray actor (threaded: ``max_concurrency`` > 1, so a join or a broadcast does not block the rest)
     placed on the learner's node; ``tensors`` arguments are ObjectRefs Ray resolves from the local
-    object store without a copy."""
+    object store. Joining takes three calls: :meth:`open` (a fresh ``TCPStore``), :meth:`arrived`
+    (polled: which receivers reached it, with their engines' dtypes), :meth:`join` (name the members,
+    build the group)."""
 
-    def __init__(self, bucket_mib: int = 64, join_timeout_s: float = 60.0) -> None:
+    def __init__(self, bucket_mib: int = 64, join_timeout_s: float = 60.0, backend: str = "gloo") -> None:
+        import uuid
+
         self.bucket_bytes = int(bucket_mib) << 20
         self.join_timeout_s = join_timeout_s
+        self.backend = backend
+        self.uid = uuid.uuid4().hex[:8]
+        """Part of every group name: a new broadcaster's groups never match an old one's."""
         self.epoch = 0
-        self._store = None
-        self._group = None
-        self._world_size = 0
+        self._handle: dict[str, Any] | None = None
+        self._prefix = self._store = self._group = None
+        self._ranks: list[int] = []
         self._lock = threading.Lock()
 
-    def open(self, world_size: int) -> dict[str, Any]:
-        """Start group ``epoch + 1`` for ``world_size`` ranks (this one included): returns the handle the
-        receivers join with (host, port, epoch, world size)."""
-        from datetime import timedelta
-
+    def open(self, ranks: list[int]) -> dict[str, Any]:
+        """Start group ``epoch + 1`` for the receiver ``ranks``: returns the handle they join with
+        (host, port, group name, epoch, timeout, backend)."""
         import ray
-        import torch.distributed as dist
 
         self.close()
         self.epoch += 1
-        self._world_size = world_size
-        host = ray.util.get_node_ip_address()
-        self._store = dist.TCPStore(host, 0, world_size, is_master=True, wait_for_workers=False,
-                                    timeout=timedelta(seconds=self.join_timeout_s))
-        return {"host": host, "port": self._store.port, "epoch": self.epoch, "world_size": world_size,
-                "timeout_s": self.join_timeout_s}
+        self._ranks = sorted(ranks)
+        handle = {"host": ray.util.get_node_ip_address(), "port": 0, "group": f"{self.uid}.{self.epoch}",
+                  "epoch": self.epoch, "timeout_s": self.join_timeout_s, "backend": self.backend}
+        self._prefix, self._store = _group_store(handle, is_master=True)
+        self._handle = {**handle, "port": self._store.port}
+        return dict(self._handle)
 
-    def join(self, epoch: int) -> bool:
-        """Join group ``epoch`` as rank 0 (returns once every receiver has joined, or raises on timeout)."""
-        if epoch != self.epoch or self._store is None:
+    def arrived(self, epoch: int) -> dict[int, str]:
+        """Receiver ranks of group ``epoch`` that reached the store so far -> their engine's dtype."""
+        if epoch != self.epoch or self._prefix is None:
+            return {}
+        return {r: self._prefix.get(f"arrived/{r}").decode() for r in self._ranks
+                if self._prefix.check([f"arrived/{r}"])}
+
+    def join(self, epoch: int, members: list[int]) -> bool:
+        """Name the ``members`` of group ``epoch`` (receiver ranks; the others are left out) and join it
+        as rank 0: returns once every member has joined, or raises on timeout."""
+        import json
+
+        if epoch != self.epoch or self._prefix is None:
             raise RuntimeError(f"weight group {epoch} is not the open one ({self.epoch})")
-        self._group = join_group("", 0, 0, self._world_size, epoch, self.join_timeout_s, store=self._store)
+        members = sorted(members)
+        self._prefix.set("members", json.dumps(members))
+        self._group = new_group(self._prefix, 0, 1 + len(members), self.join_timeout_s, self.backend)
         return True
 
     def plan(self, tensors: dict, epoch: int, dtype: str | None = None) -> dict[str, Any]:
         """The handle of one broadcast of ``tensors`` (cast to ``dtype`` when given): names, shapes and
-        dtypes (``specs``), the bucket order, the group epoch, the bytes it moves."""
+        dtypes (``specs``), the bucket order, the group, the bytes it moves."""
         specs = {}
         for name, t in tensors.items():
             dt = dtype or str(t.dtype).removeprefix("torch.")
             specs[name] = (list(t.shape), DTYPES[dt])
         buckets = plan_buckets(specs, self.bucket_bytes)
-        size = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}
-        nbytes = sum(_numel(s) * size[d] for s, d in specs.values())
-        return {"epoch": epoch, "specs": specs, "buckets": buckets, "bytes": nbytes}
+        nbytes = sum(_numel(s) * _SIZE[d] for s, d in specs.values())
+        return {"epoch": epoch, "group": f"{self.uid}.{epoch}", "specs": specs, "buckets": buckets,
+                "bytes": nbytes}
 
     def broadcast(self, tensors: dict, handle: dict) -> dict[str, float]:
         """Send one planned update bucket by bucket, each cast into a flat buffer (one at a time). Returns
@@ -166,19 +244,22 @@ class WeightBroadcaster:
             raise RuntimeError(f"weight group {handle['epoch']} is not joined (open: {self.epoch})")
         t0 = time.perf_counter()
         specs, peak = handle["specs"], 0
+        device = group_device(self.backend)
         with self._lock, torch.no_grad():
             for names in handle["buckets"]:
                 dtype = getattr(torch, _TORCH[specs[names[0]][1]])
                 numels = [_numel(specs[n][0]) for n in names]
-                buf = torch.empty(sum(numels), dtype=dtype)
+                buf = torch.empty(sum(numels), dtype=dtype, device=device)
                 peak = max(peak, buf.numel() * buf.element_size())
                 for name, part in zip(names, torch.split(buf, numels)):
                     part.copy_(tensors[name].reshape(-1))  # the dtype cast happens here, on the sender
                 broadcast(self._group, buf)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         return {"bytes": float(handle["bytes"]), "seconds": time.perf_counter() - t0, "peak_extra_bytes": float(peak)}
 
     def close(self) -> None:
-        self._group, self._store = None, None
+        self._group = self._prefix = self._store = self._handle = None
 
 
 class RolloutSyncClient:
@@ -254,21 +335,78 @@ def _patch_tp(client: RolloutSyncClient, tp_size: int) -> None:
     client.init_weight_transfer_engine = init  # type: ignore[method-assign]
 
 
+
+@dataclass
+class JoinResult:
+    """One attempt to form the weight group (:func:`form_group`)."""
+
+    members: list[int]
+    """Workers that reached the rendezvous in time (the group was built with them)."""
+    formed: bool
+    """The group formed: every member and the sender joined."""
+    why: dict[int, str] = field(default_factory=dict)
+    """Worker -> why it is not a member, or why the group failed."""
+
+
+def form_group(wanted: list[int], attempt: Callable[[list[int]], JoinResult]) -> tuple[list[int], dict[int, str]]:
+    """Form the weight group from ``wanted`` workers so that each worker that cannot join is left out
+    alone: returns (members, {worker: why} of those left out, who get the object store).
+
+    ``attempt(workers)`` builds one group: a worker that does not reach the rendezvous in time is left
+    out by the attempt itself (the others still form). If every member arrived and the group still
+    did not form (a member whose process group breaks, e.g. a port the sender cannot reach), it is
+    tried once more, then each member alone, then those that joined alone together. An attempt that
+    raises (the sender cannot open a group) leaves every worker out, with that reason."""
+    left_out: dict[int, str] = {}
+
+    def run(workers: list[int]) -> JoinResult:
+        try:
+            res = attempt(workers)
+        except Exception as e:  # noqa: BLE001 - the sender itself cannot: nobody gets a broadcast
+            res = JoinResult([], False, {i: f"weight group sender: {type(e).__name__}: {e}" for i in workers})
+        for i in workers:
+            if i not in res.members:
+                left_out[i] = res.why.get(i, "did not join the weight group")
+        return res
+
+    res = run(list(wanted))
+    if not res.formed and res.members:
+        res = run(res.members)  # once more, as it is: a transient failure
+    if not res.formed and len(res.members) > 1:  # find the member(s) that break it: each alone, then together
+        alone = []
+        for i in res.members:
+            solo = run([i])
+            if solo.formed:
+                alone.append(i)
+            else:
+                left_out[i] = solo.why.get(i, "the weight group did not form with it alone")
+        res = run(alone) if alone else JoinResult([], False)
+    if res.formed:
+        return res.members, left_out
+    for i in res.members:
+        left_out[i] = res.why.get(i, "the weight group did not form")
+    return [], left_out
+
+
 class WeightGroup:
     """Driver side of the collective transport for a :class:`rollout.fleet.RolloutFleet`: the
     broadcaster actor, which workers are in the current group, and which ones get updates through the
     object store instead (with why). The group is (re-)formed lazily, at a publish whose up workers
     differ from its members: a restarted worker, another stage's engines or a resumed learner (a new
-    fleet) simply join the next group."""
-
-    JOIN_TRIES = 2
+    fleet) simply join the next group. A worker that cannot join is left out alone (:func:`form_group`);
+    the others get broadcasts."""
 
     def __init__(self, workers: list, ids: list[str], bucket_mib: int = 64, dtype: str | None = None,
                  ranks_per_worker: int = 1, broadcaster_options: dict | None = None,
-                 join_timeout_s: float = 60.0) -> None:
+                 join_timeout_s: float = 60.0, backend: str = "gloo") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"weight group backend must be one of {BACKENDS}, got {backend!r}")
         self.workers, self.ids = workers, ids
-        self.bucket_mib, self.dtype, self.ranks_per_worker = bucket_mib, dtype, ranks_per_worker
-        self.join_timeout_s = join_timeout_s
+        self.bucket_mib, self.ranks_per_worker = bucket_mib, ranks_per_worker
+        self.dtype = dtype
+        """Dtype the weights travel in: the configured one, else the members' engine dtype."""
+        self._configured_dtype = dtype
+        self.join_timeout_s, self.backend = join_timeout_s, backend
         self._options = broadcaster_options or {}
         self.broadcaster = None
         self.epoch = 0
@@ -303,48 +441,72 @@ class WeightGroup:
         """Worker ``i`` restarted: a fresh process gets a fresh chance to join."""
         self.fallback.pop(i, None)
 
-    def _form(self, wanted: list[int]) -> None:
+    def _ranks(self, k: int) -> list[int]:
+        """Receiver ranks of the ``k``-th worker of an attempt (one per tensor-parallel rank)."""
+        return [1 + k * self.ranks_per_worker + t for t in range(self.ranks_per_worker)]
+
+    def _attempt(self, workers: list[int]) -> JoinResult:
+        """One group: open it, wait until every worker arrived (or failed, or ``join_timeout_s``), name
+        the ones that arrived as members, wait for them and the broadcaster to join."""
         import ray
 
         if self.broadcaster is None:
             opts = {"num_cpus": 0, "max_concurrency": 4, **self._options}
             self.broadcaster = ray.remote(WeightBroadcaster).options(**opts).remote(
-                self.bucket_mib, self.join_timeout_s)
-        self.epoch, self.members = 0, []
-        failed: dict[int, str] = {}
-        for _ in range(self.JOIN_TRIES):
-            t0 = time.perf_counter()
-            info = ray.get(self.broadcaster.open.remote(1 + len(wanted) * self.ranks_per_worker))
-            refs = {i: self.workers[i].join_collective.remote({**info, "rank": 1 + k * self.ranks_per_worker})
-                    for k, i in enumerate(wanted)}
-            root = self.broadcaster.join.remote(info["epoch"])
-            failed = {}
+                self.bucket_mib, self.join_timeout_s, self.backend)
+        ranks = {i: self._ranks(k) for k, i in enumerate(workers)}
+        info = ray.get(self.broadcaster.open.remote([r for rs in ranks.values() for r in rs]), timeout=120)
+        refs = {i: self.workers[i].join_collective.remote({**info, "rank": ranks[i][0]}) for i in workers}
+        why: dict[int, str] = {}
+        deadline = time.monotonic() + self.join_timeout_s
+        while True:  # phase 1: arrivals (a join that ends now failed: it never waits for the members)
+            arrived = ray.get(self.broadcaster.arrived.remote(info["epoch"]), timeout=60)
             for i, ref in refs.items():
-                try:
-                    status = ray.get(ref, timeout=self.join_timeout_s + 60)
-                except Exception as e:  # noqa: BLE001 - a dead or stuck worker cannot join either
-                    status = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                if status != "ok":
-                    failed[i] = status
-            try:
-                ray.get(root, timeout=self.join_timeout_s + 60)
-            except Exception as e:  # noqa: BLE001 - every member then failed too
-                failed.setdefault(-1, f"broadcaster: {type(e).__name__}: {e}")
-            if not failed:
-                self.epoch, self.members = info["epoch"], list(wanted)
-                log.info("weight group %d: broadcaster + %d rollout worker(s) joined in %.1f s (gloo)", self.epoch,
-                         len(wanted), time.perf_counter() - t0)
-                return
-            log.warning("weight group %d did not form (%s); trying again", info["epoch"],
-                        "; ".join(f"{self.ids[i] if i >= 0 else 'broadcaster'}: {why}" for i, why in failed.items()))
-        for i, why in failed.items():
-            if i >= 0:
-                self.fallback[i] = why
-                log.warning("rollout worker %s cannot join the weight group (%s); it gets updates through the "
-                            "object store", self.ids[i], why)
-        if -1 in failed:  # the sender itself cannot: everyone uses the object store
-            for i in wanted:
-                self.fallback.setdefault(i, failed[-1])
-        rest = [i for i in wanted if i not in self.fallback]
-        if rest:
-            self._form(rest)
+                if i not in why and ray.wait([ref], timeout=0)[0]:
+                    why[i] = _status(ref)
+            present = [i for i in workers if i not in why and all(r in arrived for r in ranks[i])]
+            if len(present) + len(why) == len(workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for i in workers:
+            if i not in present:
+                why.setdefault(i, f"did not reach the weight group's store within {self.join_timeout_s:.0f} s")
+        if not present:
+            return JoinResult([], False, why)
+        dtypes = {arrived[r] for i in present for r in ranks[i]}
+        root = self.broadcaster.join.remote(info["epoch"], [r for i in present for r in ranks[i]])
+        failed = {i: st for i in present if (st := _status(refs[i], self.join_timeout_s + 60)) != "ok"}
+        try:
+            ray.get(root, timeout=self.join_timeout_s + 60)
+        except Exception as e:  # noqa: BLE001 - then its members failed too
+            failed.update({i: f"weight group sender: {type(e).__name__}: {e}" for i in present if i not in failed})
+        if failed:
+            return JoinResult(present, False, {**why, **failed})
+        self.epoch, self.members = info["epoch"], list(present)
+        if self._configured_dtype is None:  # send in the engines' own dtype (e.g. bfloat16 engines of fp32 weights)
+            self.dtype = dtypes.pop() if len(dtypes) == 1 and "?" not in dtypes else None
+        return JoinResult(present, True, why)
+
+    def _form(self, wanted: list[int]) -> None:
+        t0 = time.perf_counter()
+        self.epoch, self.members = 0, []
+        members, left_out = form_group(wanted, self._attempt)
+        if not members:  # the last attempt failed (an earlier one may have formed a group of one)
+            self.epoch, self.members = 0, []
+        for i, why in left_out.items():
+            self.fallback[i] = why
+            log.warning("rollout worker %s cannot join the weight group (%s); it gets updates through the object "
+                        "store", self.ids[i], why)
+        if members:
+            log.info("weight group %d: broadcaster + %d rollout worker(s) joined in %.1f s (%s, weights in %s)",
+                     self.epoch, len(members), time.perf_counter() - t0, self.backend, self.dtype or "the learner's dtype")
+
+
+def _status(ref, timeout: float | None = None) -> str:
+    """A worker's ``join_collective`` answer: "ok", or why it could not join."""
+    import ray
+
+    try:
+        return ray.get(ref, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - a dead or stuck worker cannot join either
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -163,14 +163,17 @@ class GRPOJob:
             self.fleet = None
 
     def _weight_transport(self, rc) -> dict[str, Any]:
-        """The fleet's weight transport: ``collective`` broadcasts from a sender on the learner's node
-        (rank 0's placement bundle when there is one) into the engines, cast to the engines' dtype."""
+        """The fleet's weight transport: ``collective`` (``nccl`` is its GPU spelling) broadcasts from a
+        sender on the learner's node (rank 0's placement bundle when there is one) into the engines, in
+        the engines' dtype; over NCCL when the engines and the learner are on GPUs, gloo otherwise."""
+        from rollout.weight_sync import group_backend
+
         if rc.weight_transport == "object_store":
             return {}
-        if rc.weight_transport == "nccl":
-            log.warning("rollout.weight_transport 'nccl': the job broadcasts with the collective transport over "
-                        "gloo (weights staged in host memory); an NCCL broadcast into the engines is not wired in")
+        backend = group_backend(rc.num_gpus_per_worker, self.cfg.learner.device)
         options: dict[str, Any] = {}
+        if backend == "nccl":  # a GPU-less actor beside learner rank 0: keep the node's GPUs visible to it
+            options["runtime_env"] = {"env_vars": {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}}
         if self.learner_pg is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -178,7 +181,7 @@ class GRPOJob:
                 placement_group=self.learner_pg, placement_group_bundle_index=0)
         return {"transport": "collective", "collective": {
             "bucket_mib": rc.weight_bucket_mib, "dtype": None if rc.dtype == "auto" else rc.dtype,
-            "ranks_per_worker": rc.tensor_parallel_size, "broadcaster_options": options}}
+            "ranks_per_worker": rc.tensor_parallel_size, "broadcaster_options": options, "backend": backend}}
 
     def _publish(self, version: int, wait: bool) -> float:
         """Hand the learner's weight update (its tensors stay in the object store; workers fetch them) to

@@ -140,16 +140,15 @@ def test_a_broadcast_that_fails_changes_nothing_and_the_update_goes_by_object_st
         assert ta == tb
         torch.testing.assert_close(torch.tensor(la), torch.tensor(lb), atol=1e-4, rtol=0)
     fleet.weight_group.broken("test: the sender stayed silent")
-    # 2) the sender is gone: the fleet sends the update through the object store instead
-    ray.kill(fleet.weight_group.broadcaster)
-    fleet.publish(WeightUpdate(v + 1, tensors=ray.put(sd)), wait=True)
-    pushed_weights[v + 1] = sd
-    assert fleet.last_publish["transport"] == "object_store" and ray.get(worker.get_version.remote()) == v + 1
-    # 3) the next update forms a new group with a new sender
-    sd2 = perturbed_state_dict(tiny_model, scale=0.05, seed=22)
-    fleet.publish(WeightUpdate(v + 2, tensors=ray.put(sd2)), wait=True)
-    pushed_weights[v + 2] = sd2
-    assert fleet.last_publish["transport"] == "collective" and ray.get(worker.get_version.remote()) == v + 2
+    # 2) the sender is gone (its node restarted, say): the fleet starts a new one, the update is broadcast
+    dead = fleet.weight_group.broadcaster
+    ray.kill(dead)
+    for k, seed in ((1, 21), (2, 22)):  # the same update as before the failure, then the next one
+        sd = perturbed_state_dict(tiny_model, scale=0.05 * k, seed=seed)
+        fleet.publish(WeightUpdate(v + k, tensors=ray.put(sd)), wait=True)
+        pushed_weights[v + k] = sd
+        assert fleet.last_publish["transport"] == "collective" and ray.get(worker.get_version.remote()) == v + k
+    assert fleet.weight_group.broadcaster is not dead
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
@@ -218,3 +217,60 @@ def test_reprefilled_sequences_match_the_new_weights_exactly(ray_session, worker
                 torch.testing.assert_close(got[k:], hf.logprobs(v0 + 1, g["prompt_token_ids"], toks)[k:],
                                            atol=2e-3, rtol=0)
     assert switched > 0
+
+
+@pytest.fixture(scope="module")
+def no_engine_worker(ray_session):
+    """A rollout worker stand-in with no engine process: it can never join a weight group."""
+    import asyncio
+    import os
+    import uuid
+
+    @ray_session.remote(num_cpus=0)
+    class NoEngine:
+        def __init__(self) -> None:
+            self.version, self.incarnation = 0, uuid.uuid4().hex
+
+        async def health(self) -> dict:
+            return {"worker_id": "no-engine", "incarnation": self.incarnation, "version": self.version,
+                    "continuous": False, "pid": os.getpid()}
+
+        async def watch(self) -> None:
+            await asyncio.Event().wait()
+
+        async def join_collective(self, handle: dict) -> str:
+            return "no engine process to join with"
+
+        async def load_weights(self, update: WeightUpdate) -> dict:
+            tensors = await update.tensors  # the object store: the only way it can get weights
+            self.version = update.version
+            return {"version": update.version, "bytes": sum(t.numel() * t.element_size() for t in tensors.values())}
+
+    actor = NoEngine.remote()
+    yield actor
+    ray_session.kill(actor)
+
+
+def test_a_worker_that_cannot_join_does_not_stop_the_others_getting_broadcasts(ray_session, worker, tiny_model,
+                                                                               no_engine_worker, pushed_weights):
+    """Also what a resumed job does: a new fleet and a new sender over engines that may already hold weights;
+    its updates go by broadcast, with the versions going on from the checkpoint's."""
+    from rollout.fleet import RolloutFleet
+
+    ray = ray_session
+    fleet = RolloutFleet([worker, no_engine_worker], transport="collective",
+                         collective={"bucket_mib": 1, "join_timeout_s": 20})
+    try:
+        v = ray.get(worker.get_version.remote())
+        for k in (1, 2):
+            sd = perturbed_state_dict(tiny_model, scale=0.05, seed=30 + k)
+            fleet.publish(WeightUpdate(v + k, tensors=ray.put(sd)), wait=True)
+            pushed_weights[v + k] = sd
+            assert fleet.weight_group.members == [0], fleet.weight_group.fallback
+            assert fleet.weight_group.fallback == {1: "no engine process to join with"}
+            assert fleet.last_publish["transport"] == "collective"
+            assert fleet.last_publish["broadcast_to"] == [fleet.ids[0]]  # the stand-in: the object store
+            assert ray.get(worker.get_version.remote()) == v + k
+            assert ray.get(no_engine_worker.health.remote())["version"] == v + k
+    finally:
+        ray.kill(fleet.weight_group.broadcaster)
