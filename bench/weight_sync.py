@@ -106,13 +106,20 @@ def run_transport(fleet, worker, weights_ref, start_version: int, updates: int, 
         time.sleep(1.0)  # the engine fills idle_s once the step after the update has started
         rec = ray.get(worker.stats.remote())["syncs"][-1]
         assert rec["version"] == version, rec
+        lp = fleet.last_publish
         out.append({"handover_s": handover, "stall_s": rec["stall_s"], "idle_s": rec["idle_s"],
                     "rx_peak_bytes": rx.peak, "tx_peak_bytes": tx.peak if senders else None,
-                    "transport": fleet.last_publish.get("transport"), "bytes": fleet.last_publish.get("bytes")})
+                    "transport": lp.get("transport"), "bytes": lp.get("bytes"),
+                    # where the hand-over time goes (profile): sender side, then the worker / engine side
+                    "plan_s": lp.get("sender_plan_s"), "copy_s": lp.get("sender_copy_s"),
+                    "wire_s": lp.get("sender_wire_s"), "fetch_s": lp.get("fetch_s"), "stage_s": rec.get("stage_s"),
+                    "receive_s": rec.get("receive_s"), "prepare_thread_s": rec.get("prepare_thread_s"),
+                    "before_pause_s": rec.get("prepare_s")})
     return out
 
 
-def bench_model(size: str, workdir: Path, updates: int, max_tokens: int) -> dict[str, list[dict]]:
+def bench_model(size: str, workdir: Path, updates: int, max_tokens: int, dtype: str = "float32",
+                bucket_mib: int = 64) -> dict[str, list[dict]]:
     import ray
 
     from rollout.config import RolloutConfig
@@ -126,7 +133,7 @@ def bench_model(size: str, workdir: Path, updates: int, max_tokens: int) -> dict
         build_tiny_qwen3(model, **SIZES[size])
     weights = perturbed_state_dict(model, scale=0.01, seed=5)
     params = sum(t.numel() for t in weights.values())
-    cfg = RolloutConfig(model=str(model), dtype="float32", max_model_len=512, kv_cache_gib=1, max_in_flight=4,
+    cfg = RolloutConfig(model=str(model), dtype=dtype, max_model_len=512, kv_cache_gib=1, max_in_flight=4,
                         num_cpus_per_worker=1, worker_restarts=0)
     [worker] = create_workers(cfg, name_prefix=f"bench-{size}")
     ref = ray.put(weights)
@@ -139,7 +146,7 @@ def bench_model(size: str, workdir: Path, updates: int, max_tokens: int) -> dict
     try:
         version = ray.get(worker.get_version.remote()) + 1
         for transport in ("object_store", "collective"):
-            fleet = RolloutFleet([worker], transport=transport)
+            fleet = RolloutFleet([worker], transport=transport, collective={"bucket_mib": bucket_mib})
 
             def sender_pids(fleet=fleet) -> list[int]:
                 group = fleet.weight_group
@@ -154,8 +161,8 @@ def bench_model(size: str, workdir: Path, updates: int, max_tokens: int) -> dict
     finally:
         ray.get(worker.stop_continuous.remote())
         ray.kill(worker)
-    print(f"\n{size}: {params / 1e6:.1f}M parameters ({params * 4 / 2**20:.0f} MiB float32), {updates} updates "
-          f"per transport while generating")
+    print(f"\n{size}: {params / 1e6:.1f}M parameters ({params * 4 / 2**20:.0f} MiB float32), engine {dtype}, "
+          f"buckets of {bucket_mib} MiB, {updates} updates per transport while generating")
     return results
 
 
@@ -167,7 +174,15 @@ def report(size: str, results: dict[str, list[dict]]) -> None:
     keys = [("handover_s", "s / update (hand-over)", 1.0), ("stall_s", "stall, pause window (ms)", 1e3),
             ("idle_s", "stall, model idle gap (ms)", 1e3), ("rx_peak_bytes", "peak extra memory, receiver (MiB)",
                                                             2**-20),
-            ("tx_peak_bytes", "peak extra memory, sender (MiB)", 2**-20)]
+            ("tx_peak_bytes", "peak extra memory, sender (MiB)", 2**-20),
+            ("fetch_s", "profile: worker fetches the state dict (s)", 1.0),
+            ("stage_s", "profile: worker writes it to /dev/shm (s)", 1.0),
+            ("plan_s", "profile: sender fetches it and plans buckets (s)", 1.0),
+            ("copy_s", "profile: sender fills buckets (cast/copy) (s)", 1.0),
+            ("wire_s", "profile: sender waits on the broadcast (s)", 1.0),
+            ("receive_s", "profile: engine reads the file / receives (s)", 1.0),
+            ("prepare_thread_s", "profile: engine prepares the update, reading included (s)", 1.0),
+            ("before_pause_s", "profile: worker, update arrived to pause (s)", 1.0)]
     print(f"| {size} (median) | object store | collective | collective / object store |")
     print("| --- | --- | --- | --- |")
     for key, label, scale in keys:
@@ -183,6 +198,9 @@ def main() -> int:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--updates", type=int, default=5, help="updates per transport and model")
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per sample of the background generation")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the engine's dtype (the published state dict is float32; collective sends the engine's)")
+    ap.add_argument("--bucket-mib", type=int, default=64, help="collective: MiB per broadcast bucket")
     ap.add_argument("--workdir", default="/tmp/flywheel-bench-weight-sync", help="where the models are written")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -193,7 +211,8 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {os.getloadavg()}")
-    all_results = {size: bench_model(size, workdir, args.updates, args.max_tokens) for size in args.sizes}
+    all_results = {size: bench_model(size, workdir, args.updates, args.max_tokens, args.dtype, args.bucket_mib)
+                   for size in args.sizes}
     print(f"\nload average after: {os.getloadavg()} (numbers from a loaded machine are inflated)")
     for size, res in all_results.items():
         report(size, res)

@@ -362,7 +362,10 @@ class RolloutFleet:
             "bytes": sum(float(r.get("bytes", 0)) for r in recs),
             "handover_s": max((float(r.get("fetch_s", 0.0)) + float(r.get("sync_s", 0.0)) for r in recs), default=0.0),
             "stall_s": max((float(r.get("stall_s", 0.0)) for r in recs), default=0.0),
+            "fetch_s": max((float(r.get("fetch_s", 0.0)) for r in recs), default=0.0),
             "broadcast_s": sent.get("seconds"), "sender_peak_extra_bytes": sent.get("peak_extra_bytes"),
+            "sender_plan_s": self.weight_group.plan_s if sent else None, "sender_copy_s": sent.get("copy_s"),
+            "sender_wire_s": sent.get("wire_s"),
             "broadcast_to": [self.ids[i] for i in sorted(self._broadcast_to)] if sent else []}
         self._publish_recs = []
 

@@ -73,6 +73,8 @@ class SyncRecord:
     followed (nothing in flight). Filled shortly after the update."""
     prepare_thread_s: float | None = None
     """Engine process: time the background preparation took (part of ``prepare_s``)."""
+    receive_s: float | None = None
+    """Engine process: part of ``prepare_thread_s`` spent reading the staged file or receiving the broadcast."""
     resume_to_step_s: float | None = None
     """Engine process: from the end of the commit to the start of the next step."""
 
@@ -315,6 +317,7 @@ class WeightApplier:
             rec.commit_s = c["commit_end"] - c["commit_start"]
             if "prepare_end" in c:
                 rec.prepare_thread_s = c["prepare_end"] - c["prepare_start"]
+                rec.receive_s = c.get("received", c["prepare_start"]) - c["prepare_start"]
             if not rec.in_flight:  # the engine was idle: no step straddles the update
                 del self._timing_tokens[c["token"]]
             elif c["next_step_start"] is not None and c["prev_step_end"]:

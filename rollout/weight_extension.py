@@ -128,6 +128,7 @@ class WeightReloadExtension:
                 items = source()
                 if isinstance(items, list) or not prepare:  # kept for a reload should preparing fail
                     job["staged"] = items = list(items)
+                job["received"] = time.perf_counter()  # a list: read (or received) whole by now
                 if prepare:
                     job["result"] = prepare_update(self.model_runner.get_model(), items,
                                                    tp_size=cfg.parallel_config.tensor_parallel_size,
@@ -230,7 +231,8 @@ class WeightReloadExtension:
             raise RuntimeError(f"weight update {token} failed to prepare: {job['error']}")
         t0 = time.perf_counter()
         job["result"].commit()
-        self._flywheel_record(token, t0, prepare_start=job["start"], prepare_end=job["end"])
+        self._flywheel_record(token, t0, prepare_start=job["start"], prepare_end=job["end"],
+                              received=job.get("received", job["start"]))
         return job["result"].tensors
 
     def flywheel_discard(self, token: str) -> None:

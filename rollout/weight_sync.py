@@ -243,20 +243,24 @@ class WeightBroadcaster:
         if self._group is None or handle["epoch"] != self.epoch:
             raise RuntimeError(f"weight group {handle['epoch']} is not joined (open: {self.epoch})")
         t0 = time.perf_counter()
-        specs, peak = handle["specs"], 0
+        specs, peak, copy_s = handle["specs"], 0, 0.0
         device = group_device(self.backend)
         with self._lock, torch.no_grad():
             for names in handle["buckets"]:
+                t1 = time.perf_counter()
                 dtype = getattr(torch, _TORCH[specs[names[0]][1]])
                 numels = [_numel(specs[n][0]) for n in names]
                 buf = torch.empty(sum(numels), dtype=dtype, device=device)
                 peak = max(peak, buf.numel() * buf.element_size())
                 for name, part in zip(names, torch.split(buf, numels)):
                     part.copy_(tensors[name].reshape(-1))  # the dtype cast happens here, on the sender
+                copy_s += time.perf_counter() - t1
                 broadcast(self._group, buf)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        return {"bytes": float(handle["bytes"]), "seconds": time.perf_counter() - t0, "peak_extra_bytes": float(peak)}
+        seconds = time.perf_counter() - t0
+        return {"bytes": float(handle["bytes"]), "seconds": seconds, "peak_extra_bytes": float(peak),
+                "copy_s": copy_s, "wire_s": seconds - copy_s}
 
     def close(self) -> None:
         self._group = self._prefix = self._store = self._handle = None
@@ -413,6 +417,7 @@ class WeightGroup:
         self.members: list[int] = []
         self.fallback: dict[int, str] = {}
         """Worker index -> why it gets updates through the object store (cleared when it restarts)."""
+        self.plan_s = 0.0
 
     def ready_members(self, up: list[int]) -> list[int]:
         """The up workers that will receive the next update by broadcast (forming the group if needed)."""
@@ -424,7 +429,11 @@ class WeightGroup:
     def plan(self, tensors_ref, version: int) -> dict:
         import ray
 
-        return ray.get(self.broadcaster.plan.remote(tensors_ref, self.epoch, self.dtype))
+        t0 = time.perf_counter()
+        handle = ray.get(self.broadcaster.plan.remote(tensors_ref, self.epoch, self.dtype))
+        self.plan_s = time.perf_counter() - t0
+        """Seconds the last plan took (the sender fetching the state dict from the object store)."""
+        return handle
 
     def broadcast(self, tensors_ref, handle: dict):
         return self.broadcaster.broadcast.remote(tensors_ref, handle)
