@@ -95,7 +95,7 @@ def make_worker(variant: str, path: str, device: str, loss_kw: dict | None = Non
     if variant == "before":
         cfg = {**cfg, "pack_sequences": False, "max_tokens_per_micro_batch": None}
     cls = before_worker_class() if variant == "before" else LearnerWorker
-    w = cls(LearnerConfig(device=device, lr=1e-5, **cfg), LossConfig(max_staleness=None, **(loss_kw or {})), path, rank=0)
+    w = cls(LearnerConfig(device=device, optim={"lr": 1e-5}, **cfg), LossConfig(max_staleness=None, **(loss_kw or {})), path, rank=0)
     w.setup("127.0.0.1", 0)
     return w
 

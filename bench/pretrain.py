@@ -26,16 +26,16 @@ def _real(b) -> int:
 def _interleaved(arms: dict[str, list], steps: int) -> dict[str, tuple[float, int]]:
     """Train one model per arm; after each packed step, every other arm trains until it has seen as
     many real tokens. Interleaving spreads machine-load swings over all arms alike."""
-    import torch
-
+    from pretraining.config import OptimConfig
     from pretraining.model import build_model
-    from pretraining.trainer import lm_loss, param_groups
+    from pretraining.optim import build_optimizer
+    from pretraining.trainer import lm_loss
 
     vocab = int(max(int(b["input_ids"].max()) for bs in arms.values() for b in bs)) + 1
     state = {}
     for name, batches in arms.items():
         model = build_model("tiny", vocab, seed=0)
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+        opt = build_optimizer(model, OptimConfig(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.1))
         lm_loss(model, batches[0])[0].backward()  # warm-up, not timed
         opt.zero_grad(set_to_none=True)
         state[name] = {"model": model, "opt": opt, "i": 1, "t": 0.0, "real": 0}

@@ -6,11 +6,12 @@ NCCL on GPU) and fans every call out to all ranks.
 
 Per rank: ``AutoModelForCausalLM`` from a checkpoint folder, sharded by ``pretraining.distributed``
 (``fully_shard`` on every decoder block and the root, bf16 ``MixedPrecisionPolicy`` with fp32 reduction
-on GPU), activation checkpointing (by default from a model size on), AdamW with linear LR warmup,
-padding-free micro-batches (by sequence count or token budget, ``learner.batching``), log-probs chunked
-over the vocabulary at completion positions only (``learner.logprobs``), gradient accumulation with loss
-denominators taken over the whole optimizer step (``learner.update``: N ranks x M micro-batches give
-the one-big-batch update), global gradient norm clipping.
+on GPU), activation checkpointing (by default from a model size on), AdamW with the trainers' parameter
+groups (``pretraining.optim``) and linear LR warmup, padding-free micro-batches (by sequence count or
+token budget, ``learner.batching``), log-probs chunked over the vocabulary at completion positions only
+(``learner.logprobs``), gradient accumulation with loss denominators taken over the whole optimizer
+step (``learner.update``: N ranks x M micro-batches give the one-big-batch update), global gradient norm
+clipping.
 
 The policy version counts the ``train_step`` calls that changed the weights (plus the starting
 version), not optimizer steps: the job publishes ``full_state_dict()`` under ``metrics["version"]``
@@ -40,30 +41,6 @@ from typing import Any
 from learner.config import LearnerConfig, LossConfig
 
 log = logging.getLogger(__name__)
-
-def lr_scaled_groups(named_parameters, scales: dict[str, float], lr: float) -> list[dict]:
-    """Optimizer parameter groups: one at ``lr`` plus one per ``scales`` pattern at ``lr * factor``.
-
-    Patterns are fnmatch globs over parameter names, tried in order (the first match wins). A pattern
-    that matches no parameter is an error naming it, so a typo does not silently train at the base lr.
-    Each group carries its ``lr_scale`` (kept in the optimizer state, so a resumed run keeps it).
-    """
-    from fnmatch import fnmatchcase
-
-    named = list(named_parameters)
-    groups = {pattern: [] for pattern in scales}
-    rest = []
-    for name, p in named:
-        hit = next((pat for pat in scales if fnmatchcase(name, pat)), None)
-        (groups[hit] if hit is not None else rest).append(p)
-    unmatched = [pat for pat, params in groups.items() if not params]
-    if unmatched:
-        sample = ", ".join(n for n, _ in named[:6])
-        raise ValueError(f"learner.lr_scale: pattern(s) {unmatched} match no parameter (names look like: {sample}, ...)")
-    out = [{"params": rest, "lr": lr, "lr_scale": 1.0}] if rest else []
-    return out + [{"params": params, "lr": lr * scales[pat], "lr_scale": float(scales[pat])}
-                  for pat, params in groups.items()]
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -102,6 +79,8 @@ class LearnerWorker:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
+        from pretraining.optim import build_optimizer
+
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(self.rank))
         torch.manual_seed(self.cfg.seed)
@@ -120,9 +99,7 @@ class LearnerWorker:
         self.mesh = init_device_mesh("cuda" if cuda else "cpu", (self.world_size,))
         self.model = self._build_model(self.checkpoint_path, trainable=True)
         self.ref_model = self._build_model(self.ref_checkpoint_path, trainable=False) if self.loss_cfg.kl_coef > 0 else None
-        groups = lr_scaled_groups(self.model.named_parameters(), self.cfg.lr_scale, self.cfg.lr)
-        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                                           eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
         warm = self.cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
@@ -171,12 +148,10 @@ class LearnerWorker:
         self.loss_cfg = new
 
     def set_lr(self, lr: float) -> None:
-        """Change the peak LR (e.g. per stage); warmup still scales it."""
-        groups = self.optimizer.param_groups
-        new_bases = [lr * g.get("lr_scale", 1.0) for g in groups]
-        for g, base, new in zip(groups, self.scheduler.base_lrs, new_bases):
-            g["lr"] = g["lr"] / base * new if base else new
-        self.scheduler.base_lrs = new_bases
+        """Change the peak LR (e.g. per stage); warmup still scales it, ``optim.lr_scale`` still multiplies it."""
+        from pretraining.optim import set_base_lr
+
+        set_base_lr(self.optimizer, self.scheduler, lr)
 
     # ---- training ---------------------------------------------------------------------------------
     def _logprobs(self, model, batch: dict, entropy_grad: bool = False):
@@ -224,7 +199,7 @@ class LearnerWorker:
                                              grad_scale=self.world_size)  # FSDP averages gradients over ranks
                 totals.add(parts, b, real=bool(seqs_in_b))
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                max_norm=self.cfg.grad_clip or float("inf"))
+                                                max_norm=self.cfg.optim.grad_clip or float("inf"))
             gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
             grad_norms.append(float(gn))
             lrs.append(self.optimizer.param_groups[0]["lr"])

@@ -1,14 +1,17 @@
 """Typed configs of the learner: the GRPO-family objective, the FSDP2 trainer and the experience stream.
 
 Pydantic v2 models with a docstring per field; imports no torch or ray (the CLI's ``--help`` reads
-these). ``LossConfig`` is the part a stage may override (clip range, aggregation, KL, ...).
+these). ``LossConfig`` is the part a stage may override (clip range, aggregation, KL, ...). The optimizer
+is pretraining's ``OptimConfig`` with the learner's defaults (``LearnerOptimConfig``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pretraining.config import OptimConfig, refuse_moved, with_defaults
 
 
 class LossConfig(BaseModel):
@@ -52,6 +55,10 @@ class LossConfig(BaseModel):
     """Added to the group std before dividing (``advantage: grpo``)."""
 
 
+LearnerOptimConfig = with_defaults(OptimConfig, "LearnerOptimConfig", lr=1e-6, betas=(0.9, 0.999), weight_decay=0.0)
+"""The learner's optimizer: pretraining's ``OptimConfig`` starting from RL fine-tuning's defaults."""
+
+
 class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -61,25 +68,11 @@ class LearnerConfig(BaseModel):
     """``cpu`` = gloo over a CPU mesh; ``cuda`` = NCCL, one GPU per rank, bf16 mixed precision."""
     num_cpus_per_rank: float = Field(1.0, gt=0.0)
     """Ray CPUs each learner actor reserves."""
-    lr: float = Field(1e-6, gt=0.0, le=1.0)
-    """Peak AdamW learning rate (after warmup)."""
+    optim: LearnerOptimConfig = Field(default_factory=LearnerOptimConfig)
+    """AdamW (pretraining's ``OptimConfig``; here lr 1e-6, betas (0.9, 0.999), no weight decay)."""
     warmup_steps: int = Field(0, ge=0)
-    """Optimizer steps of linear LR warmup from 0; constant LR afterwards."""
-    weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW decoupled weight decay."""
-    lr_scale: dict[str, float] = Field(default_factory=dict)
-    """Learning-rate multipliers by parameter name: ``{fnmatch pattern: factor}``, the first matching
-    pattern wins, every pattern must match a parameter. Adam moves every parameter by about ``lr`` per
-    step whatever its size, so a norm gain near 1 moves ~20x less, relatively, than a weight matrix entry
-    near 0.05; ``{"model.norm.weight": 500}`` lets the reward rescale the output logits (sharpen the policy)
-    at the pace of the matrices (docs/grpo.md, "Sharpening")."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    eps: float = Field(1e-8, gt=0.0)
-    """AdamW epsilon."""
-    grad_clip: float = Field(1.0, ge=0.0)
-    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still reported), as in
-    pretraining's ``optim.grad_clip``."""
+    """Optimizer steps of linear LR warmup from 0 (``lr * min(1, (step + 1) / warmup_steps)``); constant LR
+    afterwards, whatever the number of stages."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward pass on each rank (unless ``max_tokens_per_micro_batch`` is set)."""
     grad_accum: int = Field(8, ge=1)
@@ -109,15 +102,11 @@ class LearnerConfig(BaseModel):
     timeout_s: float = Field(1800.0, gt=0.0)
     """Timeout of the process group's collectives."""
 
-    @model_validator(mode="after")
-    def _check_optimizer(self) -> LearnerConfig:
-        for b in self.betas:
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"betas must be in [0, 1), got {self.betas}")
-        for pattern, factor in self.lr_scale.items():
-            if not factor > 0:
-                raise ValueError(f"lr_scale[{pattern!r}] must be > 0, got {factor}")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved(data, {k: f"the optimizer's settings are one section: learner.optim.{k}"
+                                   for k in ("lr", "betas", "eps", "weight_decay", "grad_clip", "lr_scale")})
 
 
 class ExperienceConfig(BaseModel):

@@ -6,32 +6,81 @@ the same code at a real model means changing ``model.size`` / ``init_from``, len
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 DOCUMENT_SOURCES = ("problems", "arithmetic_facts", "counting", "comparisons")  # = pretraining.data
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+def with_defaults(model: type[M], name: str, **defaults: Any) -> type[M]:
+    """A subclass of ``model`` whose listed fields start from other defaults, bounds and docstrings kept:
+    one config class used in two places with each place's own defaults. A section given in part (``optim:
+    {lr: 1e-4}``) keeps this place's defaults for the rest (an instance as a field default would not)."""
+    bad = set(defaults) - set(model.model_fields)
+    if bad:
+        raise TypeError(f"{model.__name__} has no field(s) {sorted(bad)}")
+    fields = {k: (model.model_fields[k].annotation, FieldInfo.merge_field_infos(model.model_fields[k], default=v))
+              for k, v in defaults.items()}
+    return create_model(name, __base__=model, __module__=model.__module__, __doc__=model.__doc__, **fields)
+
+
+def refuse_moved(data: Any, moved: dict[str, str]) -> Any:
+    """A ``mode="before"`` validator's body: a field that moved is an error saying where it went, instead of
+    pydantic's "extra inputs are not permitted"."""
+    if isinstance(data, dict):
+        old = [k for k in moved if k in data]
+        if old:
+            raise ValueError("; ".join(f"{k!r} moved: {moved[k]}" for k in old))
+    return data
+
+
 class OptimConfig(_Base):
+    """AdamW and its parameter groups (``pretraining.optim.build_optimizer``): decoupled weight decay on
+    matrices only, learning-rate multipliers by parameter name, global-norm gradient clipping. Used as
+    ``optim`` by pretrain / SFT / DPO and as ``learner.optim`` by the GRPO learner, each with its own defaults."""
+
     lr: float = Field(3e-3, gt=0, le=1.0)
     """Peak learning rate (AdamW)."""
     betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
+    """AdamW betas, each in [0, 1)."""
     eps: float = Field(1e-8, gt=0)
     """AdamW epsilon."""
     weight_decay: float = Field(0.1, ge=0)
-    """Decoupled weight decay on matrices; embeddings and norms get none."""
+    """Decoupled weight decay on matrices; embeddings, norms and biases get none."""
     grad_clip: float = Field(1.0, ge=0)
-    """Clip the global gradient norm to this (0 disables)."""
-    grad_accum: int = Field(1, ge=1, le=4096)
-    """Micro-batches accumulated per optimizer step."""
-    z_loss: float = Field(0.0, ge=0)
-    """Weight of the z-loss (mean squared log-partition of the logits); 0 disables."""
+    """Clip the global gradient norm to this (0 disables clipping)."""
+    lr_scale: dict[str, float] = Field(default_factory=dict)
+    """Learning-rate multipliers by parameter name: ``{fnmatch pattern: factor}``, the first matching
+    pattern wins, every pattern must match a parameter. Adam moves every parameter by about ``lr`` per
+    step whatever its size, so a norm gain near 1 moves ~20x less, relatively, than a weight matrix entry
+    near 0.05; ``{"model.norm.weight": 500}`` lets the GRPO reward rescale the output logits (sharpen the
+    policy) at the pace of the matrices (docs/grpo.md, "Sharpening")."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved(data, {
+            "grad_accum": "micro-batches per step are not an optimizer setting; set grad_accum beside optim "
+                          "(learner.grad_accum in the GRPO job)",
+            "z_loss": "the z-loss is part of the objective; set z_loss beside optim (pretrain and sft)",
+            "warmup_steps": "warmup is the schedule's: schedule.warmup_steps (learner.warmup_steps in the GRPO job)"})
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimConfig":
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        for pattern, factor in self.lr_scale.items():
+            if not factor > 0:
+                raise ValueError(f"lr_scale[{pattern!r}] must be > 0, got {factor}")
+        return self
 
 
 class ScheduleConfig(_Base):
@@ -134,13 +183,15 @@ class _TrainCommon(_Base):
     """Rows per micro-batch (per rank)."""
     packing: bool = True
     """Pack documents into rows (intra-document masking); False pads one document per row."""
-    optim: OptimConfig = OptimConfig()
+    grad_accum: int = Field(1, ge=1, le=4096)
+    """Micro-batches accumulated per optimizer step."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     """Optimizer."""
-    schedule: ScheduleConfig = ScheduleConfig()
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     """Learning-rate schedule."""
-    metrics: MetricsConfig = MetricsConfig()
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """Metrics logging."""
-    distributed: DistributedConfig = DistributedConfig()
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     """Multi-process (FSDP2) settings."""
     save_every: int = Field(0, ge=0)
     """Save a resumable checkpoint every N steps (0: only at the end)."""
@@ -152,17 +203,30 @@ class _TrainCommon(_Base):
     """torch intra-op threads (0: torch's default)."""
 
 
+class _LanguageModelling(_Base):
+    """The next-token objective of pretrain and SFT."""
+
+    z_loss: float = Field(0.0, ge=0)
+    """Weight of the z-loss (mean squared log-partition of the logits); 0 disables."""
+
+
+SFTOptimConfig = with_defaults(OptimConfig, "SFTOptimConfig", lr=1e-3, weight_decay=0.0)
+SFTScheduleConfig = with_defaults(ScheduleConfig, "SFTScheduleConfig", kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+DPOOptimConfig = with_defaults(OptimConfig, "DPOOptimConfig", lr=1e-4, weight_decay=0.0)
+DPOScheduleConfig = with_defaults(ScheduleConfig, "DPOScheduleConfig", kind="cosine", warmup_steps=5, min_lr_ratio=0.1)
+
+
 class ModelChoice(_Base):
     size: str = "tiny"
     """Named size (tiny ~1M, mini, small, qwen3-0.6b, qwen3-1.7b, qwen3-4b)."""
 
 
-class PretrainConfig(_TrainCommon):
+class PretrainConfig(_TrainCommon, _LanguageModelling):
     out_dir: str = "runs/pretrain"
     """Run folder: metrics.jsonl, loss curve PNG, ``stage-N/`` checkpoints, ``final/`` HF export."""
-    model: ModelChoice = ModelChoice()
+    model: ModelChoice = Field(default_factory=ModelChoice)
     """Architecture."""
-    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     """Tokenizer to use or train."""
     stages: list[DataStage] = [
         DataStage(name="general", steps=250,
@@ -178,7 +242,7 @@ class PretrainConfig(_TrainCommon):
         return self
 
 
-class SFTConfig(_TrainCommon, PromptFields):
+class SFTConfig(_TrainCommon, _LanguageModelling, PromptFields):
     out_dir: str = "runs/sft"
     """Run folder; ``final/`` is the HF export."""
     init_from: str = "runs/pretrain/final"
@@ -195,9 +259,9 @@ class SFTConfig(_TrainCommon, PromptFields):
     """Difficulty levels of the SFT problems (synthetic data only: ignored with ``data_file``)."""
     epochs: int = Field(2, ge=1)
     """Passes over the packed data."""
-    optim: OptimConfig = OptimConfig(lr=1e-3, weight_decay=0.0)
+    optim: SFTOptimConfig = Field(default_factory=SFTOptimConfig)
     """Optimizer."""
-    schedule: ScheduleConfig = ScheduleConfig(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    schedule: SFTScheduleConfig = Field(default_factory=SFTScheduleConfig)
     """Learning-rate schedule."""
 
 
@@ -234,9 +298,9 @@ class DPOConfig(_TrainCommon, PromptFields):
     """Pairs per micro-batch."""
     packing: bool = False
     """DPO pads each sequence (pairs are scored per sequence)."""
-    optim: OptimConfig = OptimConfig(lr=1e-4, weight_decay=0.0)
+    optim: DPOOptimConfig = Field(default_factory=DPOOptimConfig)
     """Optimizer (about 10x below SFT, as SmolLM3 used)."""
-    schedule: ScheduleConfig = ScheduleConfig(kind="cosine", warmup_steps=5, min_lr_ratio=0.1)
+    schedule: DPOScheduleConfig = Field(default_factory=DPOScheduleConfig)
     """Learning-rate schedule."""
 
 
@@ -260,32 +324,60 @@ class MergeConfig(_Base):
         return self
 
 
-class EvalConfig(_Base, PromptFields):
-    checkpoint: str = "runs/dpo/final"
-    """Checkpoint folder to evaluate."""
+class HeldoutConfig(_Base):
+    """Held-out evaluation: which problems and how they are sampled. The same fields for ``flywheel eval``
+    (``EvalConfig``) and the GRPO job's ``eval`` section (``services.job_config.EvalSettings``), each with
+    its own defaults; both report ``greedy_accuracy``, ``avg@k`` and ``pass@k``."""
+
+    num_problems: int = Field(200, ge=1)
+    """Held-out problems: drawn from the synthetic ``heldout`` split (never in any training corpus), or the
+    first ``num_problems`` rows of ``data_file``."""
+    k: int = Field(4, ge=1, le=256)
+    """Samples per problem for avg@k and pass@k."""
+    difficulties: list[int] | None = [1, 2, 3, 4, 5]
+    """Difficulty levels of the synthetic held-out problems (ignored with ``data_file``); None = every level
+    (``flywheel eval``) or the union of the stages' levels (the GRPO job)."""
+    temperature: float = Field(1.0, ge=0, le=5)
+    """Sampling temperature of the k samples."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling of the k samples."""
+    max_response_tokens: int | None = Field(160, ge=1)
+    """Longest completion; None = up to the engine's context length (``flywheel eval``) or the stage's
+    ``max_response_tokens`` (the GRPO job)."""
+    seed: int = 1234
+    """Seed of the synthetic held-out draw (the same seed gives the same problems in ``flywheel eval`` and
+    the GRPO job); ``flywheel eval`` also seeds its engine's sampling with it."""
     data_file: str | None = None
-    """Problems with gold answers instead of the synthetic held-out split (``difficulties`` is then ignored),
-    a JSONL or Parquet file or a ``datasets`` save_to_disk folder; the gold may be a worked solution ending
-    in ``\\boxed{}`` or a GSM8K ``#### N`` answer."""
+    """Problems with gold answers instead of the synthetic held-out split (``difficulties`` is then
+    ignored), a JSONL or Parquet file or a ``datasets`` save_to_disk folder; the gold may be a bare answer,
+    a worked solution ending in ``\\boxed{}`` or a GSM8K ``#### N`` answer."""
     question_field: str = Field("question", min_length=1)
     """Column of ``data_file`` holding the question (e.g. ``problem``)."""
     answer_field: str = Field("answer", min_length=1)
     """Column of ``data_file`` holding the gold (e.g. ``solution``)."""
-    n: int = Field(200, ge=1)
-    """Held-out problems (the first ``n`` rows of ``data_file``)."""
-    k: int = Field(4, ge=1, le=256)
-    """Samples per problem for avg@k and pass@k (0 temperature-free greedy run is always done)."""
-    difficulties: list[int] = [1, 2, 3, 4, 5]
-    """Difficulty levels to evaluate."""
-    temperature: float = Field(1.0, ge=0, le=5)
-    """Sampling temperature for the k samples."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus sampling for the k samples."""
-    max_tokens: int = Field(160, ge=1)
-    """Maximum completion tokens."""
-    seed: int = 1234
-    """Seed of the held-out draw and of sampling."""
+
+
+class EvalConfig(HeldoutConfig, PromptFields):
+    """``flywheel eval``: held-out accuracy of one checkpoint with a fresh vLLM engine (greedy, avg@k, pass@k)."""
+
+    checkpoint: str = "runs/dpo/final"
+    """Checkpoint folder to evaluate."""
     out: str | None = None
     """Write the result (and per-problem completions) as JSON here."""
     kv_cache_gib: float = Field(1.0, gt=0)
     """vLLM CPU KV-cache size (GiB) when VLLM_CPU_KVCACHE_SPACE is not set."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, data: Any) -> Any:
+        """``n`` and ``max_tokens`` (the command's first names) still work: they are ``num_problems`` and
+        ``max_response_tokens``, the names the GRPO job's ``eval`` section uses too."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in (("n", "num_problems"), ("max_tokens", "max_response_tokens")):
+            if old in data:
+                if new in data:
+                    raise ValueError(f"give {new} once ({old} is its old name)")
+                data[new] = data.pop(old)
+        return data

@@ -241,7 +241,7 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     world = dist.world_size if dist else 1
     device = dist.device if dist else "cpu"
     ref = reference_logps(model, chosen, rejected, device=device)
-    per_step = cfg.batch_size * cfg.optim.grad_accum * world
+    per_step = cfg.batch_size * cfg.grad_accum * world
     per_epoch = max(len(chosen) // per_step, 1)
     total = per_epoch * cfg.epochs
     orders: dict[int, list[int]] = {}

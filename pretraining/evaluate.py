@@ -1,6 +1,6 @@
 """Held-out evaluation with vLLM sampling and the verifier: greedy accuracy, avg@k and pass@k.
 
-    flywheel eval --checkpoint runs/dpo/final --n 200 --k 4
+    flywheel eval --checkpoint runs/dpo/final --num_problems 200 --k 4
 
 Problems come from the ``heldout`` split of :mod:`pretraining.data` (never seen in any training corpus)
 or a ``data_file`` (JSONL, Parquet or a ``datasets`` folder with ``question_field`` / ``answer_field``);
@@ -90,13 +90,14 @@ def eval_problems(n: int, difficulties: list[int] | None = None, seed: int = 123
 
 
 def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[int] | None = None, seed: int = 1234,
-             temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 160, llm=None,
+             temperature: float = 1.0, top_p: float = 1.0, max_tokens: int | None = 160, llm=None,
              return_samples: bool = False, kv_cache_gib: float = 1.0, data_file: str | None = None,
              question_field: str = "question", answer_field: str = "answer", system_prompt: str | None = None,
              prompt_template: str | None = None) -> dict[str, Any]:
     """Greedy accuracy, avg@k and pass@k on ``n`` held-out problems (:func:`eval_problems`: the synthetic
-    held-out split or ``data_file``); ``k=0`` skips sampling. Prompts are the checkpoint's own chat
-    template with ``system_prompt`` / ``prompt_template``, given to vLLM as token ids.
+    held-out split or ``data_file``); ``k=0`` skips sampling; ``max_tokens=None`` lets a completion run to
+    the engine's context length. Prompts are the checkpoint's own chat template with ``system_prompt`` /
+    ``prompt_template``, given to vLLM as token ids.
 
     Returns ``{"greedy_accuracy", "avg@k", "pass@k", "k", "n", "by_difficulty": {...}, "seconds"}`` (the metric
     names of :func:`accuracy_metrics`, with ``k`` in them: ``avg@4``).
@@ -174,8 +175,8 @@ def main(cfg: EvalConfig) -> int:
     if not (Path(cfg.checkpoint) / "config.json").is_file():
         raise SystemExit(f"eval: checkpoint {cfg.checkpoint!r} is not a model folder (no config.json)")
     try:
-        r = evaluate(cfg.checkpoint, cfg.n, cfg.k, difficulties=cfg.difficulties, seed=cfg.seed,
-                     temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+        r = evaluate(cfg.checkpoint, cfg.num_problems, cfg.k, difficulties=cfg.difficulties, seed=cfg.seed,
+                     temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_response_tokens,
                      return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib, data_file=cfg.data_file,
                      question_field=cfg.question_field, answer_field=cfg.answer_field,
                      system_prompt=cfg.system_prompt, prompt_template=cfg.prompt_template)

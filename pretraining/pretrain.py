@@ -104,7 +104,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if dist is not None:
         shard_model(model, dist)
 
-    per_step = cfg.batch_size * cfg.optim.grad_accum * world
+    per_step = cfg.batch_size * cfg.grad_accum * world
     bounds = [0]
     for s in cfg.stages:
         bounds.append(bounds[-1] + s.steps)
@@ -112,7 +112,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
                             append=cfg.resume) if rank0 else None
     trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
-                      objective=lambda m, b: lm_loss(m, b, cfg.optim.z_loss), count=lm_count, dist=dist,
+                      objective=lambda m, b: lm_loss(m, b, cfg.z_loss), count=lm_count, dist=dist,
                       log_every=cfg.metrics.log_every, name="pretrain")
     if cfg.resume:
         trainer.resume_latest(run_dir)
@@ -130,7 +130,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             chunk = rows[(step - start) * per_step: (step - start + 1) * per_step]
             mine = dist.shard(chunk) if dist else chunk
             out = []
-            for a in range(cfg.optim.grad_accum):
+            for a in range(cfg.grad_accum):
                 mb = collate(mine[a * cfg.batch_size:(a + 1) * cfg.batch_size], cfg.packing)
                 out.append({k: v.to(device) for k, v in mb.items()})
             return out

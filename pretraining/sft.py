@@ -116,7 +116,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     if dist is not None:
         shard_model(model, dist)
     world = dist.world_size if dist else 1
-    total, batches_at = epoch_batches(rows, cfg.batch_size * cfg.optim.grad_accum * world, cfg.epochs, cfg.seed,
+    total, batches_at = epoch_batches(rows, cfg.batch_size * cfg.grad_accum * world, cfg.epochs, cfg.seed,
                                       dist, cfg.batch_size, cfg.packing, dist.device if dist else "cpu")
     run_dir = Path(cfg.out_dir)
     share = real_token_share(rows)
@@ -126,7 +126,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
                             append=cfg.resume) if rank0 else None
     trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
-                      objective=lambda m, b: lm_loss(m, b, cfg.optim.z_loss), count=lm_count, dist=dist,
+                      objective=lambda m, b: lm_loss(m, b, cfg.z_loss), count=lm_count, dist=dist,
                       log_every=cfg.metrics.log_every, name="sft")
     if cfg.resume:
         trainer.resume_latest(run_dir)

@@ -1,6 +1,6 @@
 """The one training loop behind pretraining, SFT and DPO; only the objective differs.
 
-Features: AdamW with no weight decay on embeddings and norms, WSD / cosine / constant schedules with
+Features: AdamW with no weight decay on embeddings and norms (``pretraining.optim``), WSD / cosine / constant schedules with
 warmup, gradient accumulation (the loss is normalised by the step's total target count, across
 micro-batches and ranks, so accumulation and FSDP2 match one big batch), global-norm clipping,
 optional z-loss, tqdm progress with loss and tokens/s, JSONL metrics, and resumable checkpoints
@@ -23,20 +23,6 @@ log = logging.getLogger(__name__)
 
 Objective = Callable[[Any, dict], tuple[Any, dict[str, float]]]
 """``objective(model, micro_batch) -> (loss_sum tensor, stats sums)``; the loop divides by the count."""
-
-
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices with decay; embeddings, norms and biases without."""
-    decay, no_decay, seen = [], [], set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.ndim < 2 or "embed" in name or "lm_head" in name or "norm" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_multiplier(schedule: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
@@ -93,11 +79,12 @@ class Trainer:
                  dist=None, log_every: int = 10, name: str = "train"):
         import torch
 
+        from pretraining.optim import build_optimizer
+
         self.model, self.optim_cfg, self.total_steps = model, optim, total_steps
         self.run_dir, self.metrics, self.dist, self.log_every, self.name = Path(run_dir), metrics, dist, log_every, name
         self.objective, self.count = objective, count
-        self.optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas,
-                                           eps=optim.eps)
+        self.optimizer = build_optimizer(model, optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(schedule, total_steps))
         self.step = 0
         self.history: list[dict[str, float]] = []

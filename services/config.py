@@ -6,7 +6,7 @@ Every component owns its config class (``rewards.config``, ``pretraining.config`
     cfg = load_config(PretrainConfig, "configs/pretrain_tiny.yaml", ["--optim.lr", "1e-3"])
 
 An invalid value raises :class:`ConfigError` whose message names the field, the value and the rule,
-e.g. ``learner.lr = -1.0: Input should be greater than 0``.
+e.g. ``learner.optim.lr = -1.0: Input should be greater than 0``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """Turn ``["--learner.lr", "1e-6", "--stages.0.steps=3"]`` into a nested dict.
+    """Turn ``["--learner.optim.lr", "1e-6", "--stages.0.steps=3"]`` into a nested dict.
 
     Values are parsed as YAML scalars/lists (``1e-6`` -> float, ``true`` -> bool, ``[1,2]`` -> list);
     a numeric path component indexes into a list.

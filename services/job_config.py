@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
 
 from learner.config import ExperienceConfig, LearnerConfig, LossConfig
-from pretraining.config import MetricsConfig, PromptFields
+from pretraining.config import HeldoutConfig, MetricsConfig, PromptFields, with_defaults
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
 
@@ -99,7 +99,7 @@ class StageConfig(BaseModel):
     loss: LossOverrides = Field(default_factory=LossOverrides)
     """Overrides of ``loss`` fields for this stage, e.g. ``{clip_high: 0.28, kl_coef: 0.0}``."""
     lr: float | None = Field(None, gt=0)
-    """Learning rate of this stage (None keeps ``learner.lr``)."""
+    """Learning rate of this stage (None keeps ``learner.optim.lr``)."""
 
     @model_validator(mode="after")
     def _one_data_source(self) -> StageConfig:
@@ -133,35 +133,17 @@ class ResourcesConfig(BaseModel):
     """CPUs reserved per verifier actor (0: they share cores with the others)."""
 
 
-class EvalSettings(BaseModel):
-    """Held-out accuracy at the start and at every stage end."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+class EvalSettings(with_defaults(HeldoutConfig, "JobHeldoutConfig", num_problems=100, difficulties=None,
+                                max_response_tokens=None)):
+    """Held-out accuracy at the start and at every stage end, on the rollout workers: the fields of
+    ``flywheel eval`` (``pretraining.config.HeldoutConfig``) plus when to evaluate."""
 
     enabled: bool = True
     """Evaluate at all."""
     at_start: bool = True
     """Also evaluate the starting checkpoint (the baseline of every gain)."""
-    num_problems: int = Field(100, ge=1)
-    """Held-out problems (``pretraining.data`` split ``heldout``, or ``data_file``)."""
-    k: int = Field(4, ge=1, le=256)
-    """Samples per problem: reports avg@k and pass@k (plus greedy accuracy when ``greedy``)."""
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    """Sampling temperature of the avg@k samples."""
     greedy: bool = True
-    """Also report greedy (temperature 0) accuracy."""
-    difficulties: list[int] | None = None
-    """Held-out difficulty levels; None = the union of all stages' levels."""
-    data_file: str | None = None
-    """Held-out problems instead of the synthetic held-out split (JSONL, Parquet or a ``datasets`` folder)."""
-    question_field: str = Field("question", min_length=1)
-    """Column of ``data_file`` holding the question."""
-    answer_field: str = Field("answer", min_length=1)
-    """Column of ``data_file`` holding the gold answer (or a worked solution / GSM8K answer)."""
-    max_response_tokens: int | None = Field(None, ge=1)
-    """Completion budget; None = the stage's ``max_response_tokens``."""
-    seed: int = 1234
-    """Seed of the held-out problem generator (the same problems as `flywheel eval` with this seed)."""
+    """Also report greedy (temperature 0) accuracy (``flywheel eval`` always does)."""
 
 
 class CheckpointSettings(BaseModel):
@@ -175,6 +157,10 @@ class CheckpointSettings(BaseModel):
     """Resume from the latest checkpoint in ``output_dir`` when there is one."""
     keep_last: int = Field(2, ge=1)
     """Step checkpoints kept on disk (stage-end HF exports are always kept)."""
+
+
+JobMetricsConfig = with_defaults(MetricsConfig, "JobMetricsConfig", log_every=1)
+"""Pretraining's metrics settings, a line every step by default."""
 
 
 class GRPOJobConfig(PromptFields):
@@ -232,7 +218,7 @@ class GRPOJobConfig(PromptFields):
     stop_after_steps: int | None = Field(None, ge=1)
     """Stop this run (checkpointed) after this many optimizer steps; rerun to resume. For time-boxed runs
     on preemptible machines; None = run every stage to the end."""
-    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(log_every=1))
+    metrics: JobMetricsConfig = Field(default_factory=JobMetricsConfig)
     """Where step metrics go (the same settings as pretraining's); the per-step line is printed every
     ``metrics.log_every`` steps, and every step goes to ``metrics.jsonl``."""
     plots: bool = True

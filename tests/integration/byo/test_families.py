@@ -97,8 +97,8 @@ def test_eval_on_a_data_file(family, byo_data, tmp_path):
     name, ckpt = family
     out = tmp_path / "eval.json"
     proc = subprocess.run([str(FLYWHEEL), "eval", "--checkpoint", str(ckpt), "--data_file", str(byo_data["math"]),
-                           "--question_field", "problem", "--answer_field", "solution", "--n", "4", "--k", "2",
-                           "--max_tokens", "12", "--prompt_template", "{question} Put the answer in \\boxed{}.",
+                           "--question_field", "problem", "--answer_field", "solution", "--num_problems", "4", "--k", "2",
+                           "--max_response_tokens", "12", "--prompt_template", "{question} Put the answer in \\boxed{}.",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())

@@ -61,7 +61,7 @@ def test_grpo_learns_a_constant_gold_that_contradicts_its_sft(byo_ray, tmp_path)
              "prompts_per_step: 8, steps: 30, temperature: 1.0}]")
     cfg = load_config(GRPOJobConfig, REPO / "configs" / "grpo_test.yaml", [
         "--model", str(tmp_path / "sft" / "final"), "--output_dir", str(out), "--stages", stage,
-        "--learner.lr", "1e-3", "--dynamic_sampling", "false", "--loss.max_staleness", "1",
+        "--learner.optim.lr", "1e-3", "--dynamic_sampling", "false", "--loss.max_staleness", "1",
         "--eval.difficulties", "null", "--eval.data_file", str(tmp_path / "held.jsonl"), "--eval.num_problems", "20",
         "--eval.k", "2", "--eval.at_start", "true", "--checkpoint.every_steps", "0", "--plots", "false"])
     assert GRPOJob(cfg).run() == 0

@@ -73,7 +73,7 @@ def test_a_template_without_an_assistant_turn_stops_every_command(qwen2, byo_dat
 
 def test_eval_refuses_a_missing_field_naming_the_row(qwen2, byo_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        flywheel(["eval", "--checkpoint", str(qwen2), "--data_file", str(byo_data["math"]), "--n", "2"])
+        flywheel(["eval", "--checkpoint", str(qwen2), "--data_file", str(byo_data["math"]), "--num_problems", "2"])
     assert f"{byo_data['math']}: row 0: each row needs 'question' and 'answer'" in str(e.value)
 
 

@@ -9,7 +9,7 @@ import torch
 from learner.actor import LearnerWorker, free_port
 from learner.config import LearnerConfig, LossConfig
 
-CFG = dict(lr=2e-3, warmup_steps=3, micro_batch_size=4, grad_accum=2, weight_decay=0.01)
+CFG = dict(optim={"lr": 2e-3, "weight_decay": 0.01}, warmup_steps=3, micro_batch_size=4, grad_accum=2)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_stale_groups_are_dropped_inside_train_step(tiny_checkpoint, process_gro
 
 
 def test_several_optimizer_steps_per_batch_use_the_start_weights_as_pi_old(tiny_checkpoint, process_group, groups_factory):
-    w = worker(tiny_checkpoint, process_group, LossConfig(tis_cap=None), lr=5e-2, warmup_steps=0,
+    w = worker(tiny_checkpoint, process_group, LossConfig(tis_cap=None), optim={"lr": 5e-2}, warmup_steps=0,
                micro_batch_size=2, grad_accum=1)
     m = w.train_step(groups_factory(2, 4, seed=11))  # 8 sequences / 2 per step = 4 optimizer steps
     assert m["optimizer_steps"] == 4 and m["version"] == 1  # one published policy per train_step
@@ -113,7 +113,7 @@ def test_several_optimizer_steps_per_batch_use_the_start_weights_as_pi_old(tiny_
 
 
 def test_set_lr_rescales_the_schedule(tiny_checkpoint, process_group, groups_factory):
-    w = worker(tiny_checkpoint, process_group, warmup_steps=4, lr=1e-3)
+    w = worker(tiny_checkpoint, process_group, warmup_steps=4, optim={"lr": 1e-3})
     w.train_step(groups_factory(2, 4, seed=12))  # one step into the warmup: lr = 2/4 * 1e-3
     assert w.state()["lr"] == pytest.approx(5e-4)
     w.set_lr(1e-2)
@@ -137,8 +137,8 @@ def test_published_weights_leave_out_a_tied_lm_head(tiny_checkpoint, process_gro
 
 
 def test_lr_scale_moves_the_matched_parameters_faster_and_survives_set_lr(tiny_checkpoint, process_group, groups_factory):
-    w = worker(tiny_checkpoint, process_group, warmup_steps=0, lr=1e-4, weight_decay=0.0,
-               lr_scale={"model.norm.weight": 100.0})
+    w = worker(tiny_checkpoint, process_group, warmup_steps=0,
+               optim={"lr": 1e-4, "weight_decay": 0.0, "lr_scale": {"model.norm.weight": 100.0}})
     before = {k: v.clone() for k, v in weights(w).items()}
     w.train_step(groups_factory(2, 4, seed=14))
     after = weights(w)
@@ -147,7 +147,8 @@ def test_lr_scale_moves_the_matched_parameters_faster_and_survives_set_lr(tiny_c
     assert moved["model.norm.weight"] == pytest.approx(1e-2, rel=0.05)
     assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(1e-4, rel=0.05)
     w.set_lr(2e-4)
-    assert [g["lr"] for g in w.optimizer.param_groups] == pytest.approx([2e-4, 2e-2])
+    # groups: the rest (matrices, then embeddings and norms), then the scaled gain
+    assert [g["lr"] for g in w.optimizer.param_groups] == pytest.approx([2e-4, 2e-4, 2e-2])
 
 
 def test_packed_padded_and_token_budget_steps_agree(tiny_checkpoint, process_group, groups_factory):

@@ -17,7 +17,7 @@ def test_vllm_loads_the_export(tiny_checkpoint, groups_factory, tmp_path, monkey
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
-        w = LearnerWorker(LearnerConfig(lr=1e-3), LossConfig(), str(tiny_checkpoint), 0)
+        w = LearnerWorker(LearnerConfig(optim={"lr": 1e-3}), LossConfig(), str(tiny_checkpoint), 0)
         w.setup("127.0.0.1", 0)
         w.train_step(groups_factory(2, 4, seed=30))
         w.export_hf(str(tmp_path / "hf"))

@@ -14,7 +14,7 @@ def max_diff(a: dict, b: dict) -> float:
 def test_two_gloo_ranks_match_one_rank_and_share_checkpoints(ray_local, tiny_checkpoint, groups_factory, tmp_path):
     groups = groups_factory(4, 4, seed=21)  # 16 sequences -> 2 optimizer steps of 8 (PPO mini-batches)
     loss = LossConfig(advantage="grpo", aggregation="token", tis_cap=2.0)
-    common = dict(lr=3e-3, micro_batch_size=2, warmup_steps=0, grad_clip=1.0,
+    common = dict(optim={"lr": 3e-3, "grad_clip": 1.0}, micro_batch_size=2, warmup_steps=0,
                   num_cpus_per_rank=0.25)  # fits beside other actors in a shared test cluster
     one = Learner(LearnerConfig(world_size=1, grad_accum=4, **common), str(tiny_checkpoint), loss)
     two = Learner(LearnerConfig(world_size=2, grad_accum=2, **common), str(tiny_checkpoint), loss)

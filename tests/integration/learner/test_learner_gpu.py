@@ -11,7 +11,7 @@ from learner.actor import LearnerWorker, free_port
 from learner.config import LearnerConfig, LossConfig
 
 pytestmark = pytest.mark.gpu
-CFG = dict(lr=2e-3, warmup_steps=2, micro_batch_size=4, grad_accum=2)
+CFG = dict(optim={"lr": 2e-3}, warmup_steps=2, micro_batch_size=4, grad_accum=2)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ sys.path.insert(0, sys.argv[3])
 from conftest import make_groups
 from learner.actor import LearnerWorker, free_port
 from learner.config import LearnerConfig, LossConfig
-w = LearnerWorker(LearnerConfig(device="cuda", lr=1e-3, micro_batch_size=4, grad_accum=1),
+w = LearnerWorker(LearnerConfig(device="cuda", optim={"lr": 1e-3}, micro_batch_size=4, grad_accum=1),
                   LossConfig(kl_coef=0.01), sys.argv[1], rank=0)
 w.setup("127.0.0.1", free_port())           # creates a pure NCCL group, as a Ray actor does
 m = [w.train_step(make_groups(2, 4, seed=s)) for s in range(2)]   # 2 optimizer steps per batch

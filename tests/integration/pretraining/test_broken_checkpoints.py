@@ -108,7 +108,7 @@ def test_flywheel_eval_refuses_before_starting_vllm(checkpoints, tmp_path):
 
     for kind in ("missing", "shape"):
         with pytest.raises(SystemExit) as e:
-            main(EvalConfig(checkpoint=str(checkpoints[kind]), n=2, k=1, out=str(tmp_path / "r.json")))
+            main(EvalConfig(checkpoint=str(checkpoints[kind]), num_problems=2, k=1, out=str(tmp_path / "r.json")))
         assert str(e.value).startswith("eval: ") and TENSOR in str(e.value)
     assert not (tmp_path / "r.json").exists()
 

@@ -16,7 +16,7 @@ from tests.conftest import free_port
 from tests.integration.pretraining.conftest import REPO, run_cli
 
 ARGS = ["--seq_len", "64", "--stages.0.steps", "2", "--stages.1.steps", "2", "--schedule.warmup_steps", "1",
-        "--optim.z_loss", "1e-4"]
+        "--z_loss", "1e-4"]
 
 
 def _losses(run_dir):

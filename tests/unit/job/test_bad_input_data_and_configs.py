@@ -84,7 +84,8 @@ def test_the_job_checks_every_stage_file_before_training(tmp_path):
 
 
 @pytest.mark.parametrize("override,words", [
-    (["--learner.lr", "abc"], "learner.lr = 'abc': Input should be a valid number"),
+    (["--learner.optim.lr", "abc"], "learner.optim.lr = 'abc': Input should be a valid number"),
+    (["--learner.lr", "1e-5"], "'lr' moved: the optimizer's settings are one section: learner.optim.lr"),
     (["--stages.0.num_problems", "[1, 2]"], "stages.0.num_problems"),
     (["--stages.0.data_fil", "x.jsonl"], "stages.0.data_fil = 'x.jsonl': unknown field"),
     (["--stages.0.num_problems", "0"], "greater than or equal to 1"),

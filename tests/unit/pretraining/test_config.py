@@ -43,3 +43,24 @@ def test_fsdp_on_off_survive_yaml_booleans():
     assert load_config(PretrainConfig, None, ["--distributed.fsdp", "on"]).distributed.fsdp == "on"
     with pytest.raises(ConfigError, match="distributed.fsdp"):
         load_config(PretrainConfig, None, ["--distributed.fsdp", "sometimes"])
+
+
+def test_eval_and_the_grpo_jobs_eval_share_one_held_out_config():
+    from pretraining.config import HeldoutConfig
+    from services.job_config import GRPOJobConfig
+
+    shared = set(HeldoutConfig.model_fields)
+    job = load_config(GRPOJobConfig, None, ["--eval.at_start", "false"]).eval
+    assert isinstance(job, HeldoutConfig) and isinstance(EvalConfig(), HeldoutConfig)
+    assert set(EvalConfig.model_fields) - shared == {"checkpoint", "out", "kv_cache_gib", "system_prompt", "prompt_template"}
+    assert set(type(job).model_fields) - shared == {"enabled", "at_start", "greedy"}
+    # each keeps its own defaults, also when its section is given in part
+    assert (job.num_problems, job.difficulties, job.max_response_tokens) == (100, None, None)
+    assert (EvalConfig().num_problems, EvalConfig().max_response_tokens) == (200, 160)
+
+
+def test_eval_keeps_its_first_spellings():
+    cfg = load_config(EvalConfig, None, ["--n", "7", "--max_tokens", "9"])
+    assert (cfg.num_problems, cfg.max_response_tokens) == (7, 9)
+    with pytest.raises(ConfigError, match="give num_problems once"):
+        load_config(EvalConfig, None, ["--n", "7", "--num_problems", "8"])

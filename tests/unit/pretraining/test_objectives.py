@@ -10,7 +10,7 @@ import torch
 from pretraining.config import ScheduleConfig
 from pretraining.data import make_problems
 from pretraining.dpo import pairs_from_samples, preference_losses
-from pretraining.trainer import lr_multiplier, param_groups
+from pretraining.trainer import lr_multiplier
 
 
 def _sig(x):
@@ -87,14 +87,6 @@ def test_wsd_schedule_warms_up_holds_then_decays_to_the_floor():
 def test_cosine_schedule_ends_at_the_floor():
     f = lr_multiplier(ScheduleConfig(kind="cosine", warmup_steps=0, min_lr_ratio=0.0), 10)
     assert f(0) == pytest.approx(1.0) and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
-
-
-def test_no_weight_decay_on_embeddings_and_norms(tiny_model):
-    decay, no_decay = param_groups(tiny_model, 0.1)
-    names = {id(p): n for n, p in tiny_model.named_parameters()}
-    assert all("embed" not in names[id(p)] and "norm" not in names[id(p)] for p in decay["params"])
-    assert any("embed" in names[id(p)] for p in no_decay["params"])
-    assert any("norm" in names[id(p)] for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
 def test_on_policy_pairs_take_a_correct_sample_else_the_reference_and_a_wrong_sample():
