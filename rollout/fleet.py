@@ -76,7 +76,7 @@ class RolloutFleet:
 
     def __init__(self, workers: list[Any], max_in_flight: int = 16, transport: str = "object_store",
                  collective: dict[str, Any] | None = None):
-        """``transport``: ``object_store`` or ``collective`` (a broadcast, :class:`rollout.weight_sync.WeightGroup`
+        """``transport``: ``object_store`` or ``collective`` (a broadcast, :class:`rollout.weight_group.WeightGroup`
         built with the ``collective`` keyword arguments: ``bucket_mib``, ``dtype``, ``ranks_per_worker``,
         ``broadcaster_options``)."""
         import ray
@@ -105,7 +105,7 @@ class RolloutFleet:
         self.restarts = 0
         self.weight_group = None
         if transport == "collective":
-            from rollout.weight_sync import WeightGroup
+            from rollout.weight_group import WeightGroup
 
             self.weight_group = WeightGroup(self.workers, self.ids, **(collective or {}))
         self._broadcast: Any = None
@@ -273,7 +273,7 @@ class RolloutFleet:
                 if members:
                     handle = self.weight_group.plan(update.tensors, update.version)
                     sent = WeightUpdate(update.version, collective=handle, specs=handle["specs"])
-                    self._broadcast = self.weight_group.broadcast(update.tensors, handle)
+                    self._broadcast = self.weight_group.broadcast(handle)
                 break
             except Exception as e:  # noqa: BLE001 - the broadcaster died (a new one is started once), ...
                 from ray.exceptions import RayActorError

@@ -1,20 +1,25 @@
 """Weight transports from the learner into the rollout engines, besides the object store.
 
-**Collective** (``rollout.weight_transport: collective``; gloo, so the same code runs on CPU in CI):
-a :class:`WeightBroadcaster` actor on the learner's node (it maps the learner's published state dict
-from the local object store without a copy) and the worker process of every rollout engine join one
-process group of their own (:func:`join_group`: a ``TCPStore`` plus a ``ProcessGroupGloo`` made
-directly, so vLLM's own default group in the worker process is untouched). Each update is broadcast
-in fixed-size buckets (:func:`plan_buckets`; the sender casts to the engine's dtype into one bucket
-buffer at a time, each receiver fills one new buffer per bucket, so the transport's own extra memory
-is a bucket on each side; the receiver keeps the new weights until the swap, as every path must) and swapped in with the engine's usual prepare/pause/commit and version checks
-(:mod:`rollout.weight_apply`, :mod:`rollout.weight_extension`). The fleet (:mod:`rollout.fleet`)
-forms the group, re-forms it when its members change (a restarted worker, new engines, a resumed
-learner) and sends an engine that cannot join, or whose receive failed, the same update through the
-object store.
+**Collective** (``rollout.weight_transport: collective``, or ``nccl``, its GPU spelling): a
+:class:`WeightBroadcaster` actor on the learner's node and the worker process of every rollout engine
+join one process group of their own: a ``TCPStore`` opened by the sender plus a process group built
+directly in each process (:func:`new_group`), so vLLM's own default group in the worker is untouched.
+The backend follows the device (:func:`group_backend`): NCCL with the buckets on the GPUs when the
+engines and the learner run on CUDA, gloo with the buckets in host memory otherwise, one code path
+(CI runs it on CPU). Joining is two-phase (:func:`join_group`: arrive, be named a member, build the
+group), so a receiver that cannot join never stops the others (:mod:`rollout.weight_group` forms the
+group and sends the left-out ones the object store).
 
-**vLLM's NCCL weight-transfer engine** (``weight_transport: nccl``, GPU only, not wired into the job):
-the workers' engines are built with ``WeightTransferConfig(backend="nccl")`` and the learner's rank 0
+Per update the sender fetches the learner's published state dict from its node's object store once
+(:meth:`WeightBroadcaster.plan`), then broadcasts it in buckets of one dtype (:func:`plan_buckets`), cast
+to the engines' dtype into two reused flat buffers, the next one filled while the previous one travels
+(:data:`IN_FLIGHT`; a lone tensor already in the wire dtype goes as it is). Each receiver receives
+straight into one new buffer per bucket, the next bucket posted before the current one is handed on
+(:func:`receive_buckets`), and the engine swaps the update in with its usual prepare/pause/commit and
+version checks (:mod:`rollout.weight_apply`, :mod:`rollout.weight_extension`).
+
+**vLLM's NCCL weight-transfer engine** (GPU only, not used by the job): the workers' engines are built
+with ``WeightTransferConfig(backend="nccl")`` (``weight_transport: nccl``) and a learner-side process
 broadcasts parameters straight from its GPU:
 
     client = RolloutSyncClient(workers)                       # pauses/resumes + versions
@@ -30,8 +35,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -115,13 +118,18 @@ def join_group(handle: dict, rank: int, dtype: str = ""):
     return new_group(prefix, 1 + members.index(rank), 1 + len(members), timeout_s, handle.get("backend", "gloo"))
 
 
-def broadcast(group, tensor) -> None:
-    """Broadcast ``tensor`` from group rank 0 (in place on the other ranks)."""
+IN_FLIGHT = 2
+"""Buckets on the wire at once, on each side: the next one is filled (sender) or posted (receiver) while
+one travels, so the transport's own extra memory stays two buckets."""
+
+
+def start_broadcast(group, tensor):
+    """Start broadcasting ``tensor`` from group rank 0 (in place on the other ranks); returns the work."""
     import torch.distributed as dist
 
     opts = dist.BroadcastOptions()
     opts.rootRank, opts.rootTensor = 0, 0
-    group.broadcast([tensor], opts).wait()
+    return group.broadcast([tensor], opts)
 
 
 def plan_buckets(specs: dict[str, tuple[list[int], str]], bucket_bytes: int) -> list[list[str]]:
@@ -140,18 +148,32 @@ def plan_buckets(specs: dict[str, tuple[list[int], str]], bucket_bytes: int) -> 
 
 
 def receive_buckets(group, handle: dict, device=None):
-    """Receiver side of one update: yields ``(name, tensor)`` bucket by bucket (each bucket one new
-    flat buffer on ``device``, CPU by default, the yielded tensors are views of)."""
+    """Receiver side of one update: yields ``(name, tensor)`` bucket by bucket, each bucket one new flat
+    buffer on ``device`` (CPU by default) that the yielded tensors are views of, received straight into
+    it. The next bucket is already on its way while one is handed on (:data:`IN_FLIGHT`)."""
+    from collections import deque
+
     import torch
 
     specs = handle["specs"]
-    for names in handle["buckets"]:
-        dtype = getattr(torch, _TORCH[specs[names[0]][1]])
-        numels = [_numel(specs[n][0]) for n in names]
-        buf = torch.empty(sum(numels), dtype=dtype, device=device)
-        broadcast(group, buf)
+    todo = iter(handle["buckets"])
+    pending: deque = deque()
+
+    def post() -> None:
+        names = next(todo, None)
+        if names is not None:
+            numels = [_numel(specs[n][0]) for n in names]
+            buf = torch.empty(sum(numels), dtype=getattr(torch, _TORCH[specs[names[0]][1]]), device=device)
+            pending.append((names, numels, buf, start_broadcast(group, buf)))
+
+    for _ in range(IN_FLIGHT):
+        post()
+    while pending:
+        names, numels, buf, work = pending.popleft()
+        work.wait()
         if buf.is_cuda:  # NCCL's wait() orders only this thread's stream; the consumer may use another
             torch.cuda.synchronize(buf.device)
+        post()
         for name, part in zip(names, torch.split(buf, numels)):
             yield name, part.view(specs[name][0])
 
@@ -189,6 +211,9 @@ class WeightBroadcaster:
         self._prefix = self._store = self._group = None
         self._ranks: list[int] = []
         self._lock = threading.Lock()
+        self._planned = 0
+        self._pending: tuple[int, dict] | None = None
+        """(update number, tensors) of the last plan, until its broadcast."""
 
     def open(self, ranks: list[int]) -> dict[str, Any]:
         """Start group ``epoch + 1`` for the receiver ``ranks``: returns the handle they join with
@@ -225,40 +250,66 @@ class WeightBroadcaster:
 
     def plan(self, tensors: dict, epoch: int, dtype: str | None = None) -> dict[str, Any]:
         """The handle of one broadcast of ``tensors`` (cast to ``dtype`` when given): names, shapes and
-        dtypes (``specs``), the bucket order, the group, the bytes it moves."""
+        dtypes (``specs``), the bucket order, the group, the bytes it moves. Keeps ``tensors`` (fetched
+        from the object store once) for the :meth:`broadcast` of this handle."""
         specs = {}
         for name, t in tensors.items():
             dt = dtype or str(t.dtype).removeprefix("torch.")
             specs[name] = (list(t.shape), DTYPES[dt])
         buckets = plan_buckets(specs, self.bucket_bytes)
         nbytes = sum(_numel(s) * _SIZE[d] for s, d in specs.values())
-        return {"epoch": epoch, "group": f"{self.uid}.{epoch}", "specs": specs, "buckets": buckets,
-                "bytes": nbytes}
+        self._planned += 1
+        handle = {"epoch": epoch, "group": f"{self.uid}.{epoch}", "update": self._planned, "specs": specs,
+                  "buckets": buckets, "bytes": nbytes}
+        self._pending = (self._planned, tensors)  # one update at a time: a newer plan drops an unsent one
+        return handle
 
-    def broadcast(self, tensors: dict, handle: dict) -> dict[str, float]:
-        """Send one planned update bucket by bucket, each cast into a flat buffer (one at a time). Returns
-        bytes moved, seconds and the peak extra bytes this side held (one bucket)."""
+    def broadcast(self, handle: dict) -> dict[str, float]:
+        """Send the planned update bucket by bucket: each is cast into one of :data:`IN_FLIGHT` reused flat
+        buffers while the one before travels (a lone tensor already in the wire dtype goes as it is).
+        Returns bytes moved, seconds (``copy_s`` of them filling buckets), the peak extra bytes held."""
+        from collections import deque
+
         import torch
 
         if self._group is None or handle["epoch"] != self.epoch:
             raise RuntimeError(f"weight group {handle['epoch']} is not joined (open: {self.epoch})")
+        if self._pending is None or self._pending[0] != handle["update"]:
+            raise RuntimeError(f"update {handle['update']} was not the last one planned")
+        tensors, self._pending = self._pending[1], None
         t0 = time.perf_counter()
-        specs, peak, copy_s = handle["specs"], 0, 0.0
+        specs, copy_s = handle["specs"], 0.0
         device = group_device(self.backend)
+        dtypes = [getattr(torch, _TORCH[specs[names[0]][1]]) for names in handle["buckets"]]
+        sizes = [sum(_numel(specs[n][0]) for n in names) * _SIZE[specs[names[0]][1]] for names in handle["buckets"]]
+        as_is = [len(names) == 1 and (t := tensors[names[0]]).dtype == dt and t.device == device and t.is_contiguous()
+                 for names, dt in zip(handle["buckets"], dtypes)]
+        packed = max((n for n, direct in zip(sizes, as_is) if not direct), default=0)
+        raws: list = [None] * IN_FLIGHT  # byte buffers, allocated on first use, reused for every bucket
+        works: deque = deque()
         with self._lock, torch.no_grad():
-            for names in handle["buckets"]:
+            for k, names in enumerate(handle["buckets"]):
+                if len(works) == IN_FLIGHT:
+                    works.popleft().wait()  # bucket k - 2 has left: its buffer is free again
                 t1 = time.perf_counter()
-                dtype = getattr(torch, _TORCH[specs[names[0]][1]])
-                numels = [_numel(specs[n][0]) for n in names]
-                buf = torch.empty(sum(numels), dtype=dtype, device=device)
-                peak = max(peak, buf.numel() * buf.element_size())
-                for name, part in zip(names, torch.split(buf, numels)):
-                    part.copy_(tensors[name].reshape(-1))  # the dtype cast happens here, on the sender
+                dtype = dtypes[k]
+                if as_is[k]:
+                    buf = tensors[names[0]].reshape(-1)
+                else:
+                    if raws[k % IN_FLIGHT] is None:
+                        raws[k % IN_FLIGHT] = torch.empty(packed, dtype=torch.uint8, device=device)
+                    buf = raws[k % IN_FLIGHT][: sizes[k]].view(dtype)
+                    numels = [_numel(specs[n][0]) for n in names]
+                    for name, part in zip(names, torch.split(buf, numels)):
+                        part.copy_(tensors[name].reshape(-1))  # the dtype cast happens here, on the sender
                 copy_s += time.perf_counter() - t1
-                broadcast(self._group, buf)
+                works.append(start_broadcast(self._group, buf))
+            while works:
+                works.popleft().wait()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        peak = sum(r.numel() for r in raws if r is not None)
         return {"bytes": float(handle["bytes"]), "seconds": seconds, "peak_extra_bytes": float(peak),
                 "copy_s": copy_s, "wire_s": seconds - copy_s}
 
@@ -337,185 +388,3 @@ def _patch_tp(client: RolloutSyncClient, tp_size: int) -> None:
         orig({**init_info, "tp_size": tp_size})
 
     client.init_weight_transfer_engine = init  # type: ignore[method-assign]
-
-
-
-@dataclass
-class JoinResult:
-    """One attempt to form the weight group (:func:`form_group`)."""
-
-    members: list[int]
-    """Workers that reached the rendezvous in time (the group was built with them)."""
-    formed: bool
-    """The group formed: every member and the sender joined."""
-    why: dict[int, str] = field(default_factory=dict)
-    """Worker -> why it is not a member, or why the group failed."""
-
-
-def form_group(wanted: list[int], attempt: Callable[[list[int]], JoinResult]) -> tuple[list[int], dict[int, str]]:
-    """Form the weight group from ``wanted`` workers so that each worker that cannot join is left out
-    alone: returns (members, {worker: why} of those left out, who get the object store).
-
-    ``attempt(workers)`` builds one group: a worker that does not reach the rendezvous in time is left
-    out by the attempt itself (the others still form). If every member arrived and the group still
-    did not form (a member whose process group breaks, e.g. a port the sender cannot reach), it is
-    tried once more, then each member alone, then those that joined alone together. An attempt that
-    raises (the sender cannot open a group) leaves every worker out, with that reason."""
-    left_out: dict[int, str] = {}
-
-    def run(workers: list[int]) -> JoinResult:
-        try:
-            res = attempt(workers)
-        except Exception as e:  # noqa: BLE001 - the sender itself cannot: nobody gets a broadcast
-            res = JoinResult([], False, {i: f"weight group sender: {type(e).__name__}: {e}" for i in workers})
-        for i in workers:
-            if i not in res.members:
-                left_out[i] = res.why.get(i, "did not join the weight group")
-        return res
-
-    res = run(list(wanted))
-    if not res.formed and res.members:
-        res = run(res.members)  # once more, as it is: a transient failure
-    if not res.formed and len(res.members) > 1:  # find the member(s) that break it: each alone, then together
-        alone = []
-        for i in res.members:
-            solo = run([i])
-            if solo.formed:
-                alone.append(i)
-            else:
-                left_out[i] = solo.why.get(i, "the weight group did not form with it alone")
-        res = run(alone) if alone else JoinResult([], False)
-    if res.formed:
-        return res.members, left_out
-    for i in res.members:
-        left_out[i] = res.why.get(i, "the weight group did not form")
-    return [], left_out
-
-
-class WeightGroup:
-    """Driver side of the collective transport for a :class:`rollout.fleet.RolloutFleet`: the
-    broadcaster actor, which workers are in the current group, and which ones get updates through the
-    object store instead (with why). The group is (re-)formed lazily, at a publish whose up workers
-    differ from its members: a restarted worker, another stage's engines or a resumed learner (a new
-    fleet) simply join the next group. A worker that cannot join is left out alone (:func:`form_group`);
-    the others get broadcasts."""
-
-    def __init__(self, workers: list, ids: list[str], bucket_mib: int = 64, dtype: str | None = None,
-                 ranks_per_worker: int = 1, broadcaster_options: dict | None = None,
-                 join_timeout_s: float = 60.0, backend: str = "gloo") -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"weight group backend must be one of {BACKENDS}, got {backend!r}")
-        self.workers, self.ids = workers, ids
-        self.bucket_mib, self.ranks_per_worker = bucket_mib, ranks_per_worker
-        self.dtype = dtype
-        """Dtype the weights travel in: the configured one, else the members' engine dtype."""
-        self._configured_dtype = dtype
-        self.join_timeout_s, self.backend = join_timeout_s, backend
-        self._options = broadcaster_options or {}
-        self.broadcaster = None
-        self.epoch = 0
-        self.members: list[int] = []
-        self.fallback: dict[int, str] = {}
-        """Worker index -> why it gets updates through the object store (cleared when it restarts)."""
-        self.plan_s = 0.0
-
-    def ready_members(self, up: list[int]) -> list[int]:
-        """The up workers that will receive the next update by broadcast (forming the group if needed)."""
-        wanted = [i for i in up if i not in self.fallback]
-        if wanted and (not self.epoch or wanted != self.members):
-            self._form(wanted)
-        return list(self.members) if self.epoch else []
-
-    def plan(self, tensors_ref, version: int) -> dict:
-        import ray
-
-        t0 = time.perf_counter()
-        handle = ray.get(self.broadcaster.plan.remote(tensors_ref, self.epoch, self.dtype))
-        self.plan_s = time.perf_counter() - t0
-        """Seconds the last plan took (the sender fetching the state dict from the object store)."""
-        return handle
-
-    def broadcast(self, tensors_ref, handle: dict):
-        return self.broadcaster.broadcast.remote(tensors_ref, handle)
-
-    def broken(self, why: str, sender_dead: bool = False) -> None:
-        """A broadcast failed: re-form the group at the next publish (with a new broadcaster if it died)."""
-        if self.epoch:
-            log.warning("weight group %d broken (%s); it is re-formed at the next update", self.epoch, why)
-        self.epoch, self.members = 0, []
-        if sender_dead:
-            self.broadcaster = None
-
-    def rejoined(self, i: int) -> None:
-        """Worker ``i`` restarted: a fresh process gets a fresh chance to join."""
-        self.fallback.pop(i, None)
-
-    def _ranks(self, k: int) -> list[int]:
-        """Receiver ranks of the ``k``-th worker of an attempt (one per tensor-parallel rank)."""
-        return [1 + k * self.ranks_per_worker + t for t in range(self.ranks_per_worker)]
-
-    def _attempt(self, workers: list[int]) -> JoinResult:
-        """One group: open it, wait until every worker arrived (or failed, or ``join_timeout_s``), name
-        the ones that arrived as members, wait for them and the broadcaster to join."""
-        import ray
-
-        if self.broadcaster is None:
-            opts = {"num_cpus": 0, "max_concurrency": 4, **self._options}
-            self.broadcaster = ray.remote(WeightBroadcaster).options(**opts).remote(
-                self.bucket_mib, self.join_timeout_s, self.backend)
-        ranks = {i: self._ranks(k) for k, i in enumerate(workers)}
-        info = ray.get(self.broadcaster.open.remote([r for rs in ranks.values() for r in rs]), timeout=120)
-        refs = {i: self.workers[i].join_collective.remote({**info, "rank": ranks[i][0]}) for i in workers}
-        why: dict[int, str] = {}
-        deadline = time.monotonic() + self.join_timeout_s
-        while True:  # phase 1: arrivals (a join that ends now failed: it never waits for the members)
-            arrived = ray.get(self.broadcaster.arrived.remote(info["epoch"]), timeout=60)
-            for i, ref in refs.items():
-                if i not in why and ray.wait([ref], timeout=0)[0]:
-                    why[i] = _status(ref)
-            present = [i for i in workers if i not in why and all(r in arrived for r in ranks[i])]
-            if len(present) + len(why) == len(workers) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        for i in workers:
-            if i not in present:
-                why.setdefault(i, f"did not reach the weight group's store within {self.join_timeout_s:.0f} s")
-        if not present:
-            return JoinResult([], False, why)
-        dtypes = {arrived[r] for i in present for r in ranks[i]}
-        root = self.broadcaster.join.remote(info["epoch"], [r for i in present for r in ranks[i]])
-        failed = {i: st for i in present if (st := _status(refs[i], self.join_timeout_s + 60)) != "ok"}
-        try:
-            ray.get(root, timeout=self.join_timeout_s + 60)
-        except Exception as e:  # noqa: BLE001 - then its members failed too
-            failed.update({i: f"weight group sender: {type(e).__name__}: {e}" for i in present if i not in failed})
-        if failed:
-            return JoinResult(present, False, {**why, **failed})
-        self.epoch, self.members = info["epoch"], list(present)
-        if self._configured_dtype is None:  # send in the engines' own dtype (e.g. bfloat16 engines of fp32 weights)
-            self.dtype = dtypes.pop() if len(dtypes) == 1 and "?" not in dtypes else None
-        return JoinResult(present, True, why)
-
-    def _form(self, wanted: list[int]) -> None:
-        t0 = time.perf_counter()
-        self.epoch, self.members = 0, []
-        members, left_out = form_group(wanted, self._attempt)
-        if not members:  # the last attempt failed (an earlier one may have formed a group of one)
-            self.epoch, self.members = 0, []
-        for i, why in left_out.items():
-            self.fallback[i] = why
-            log.warning("rollout worker %s cannot join the weight group (%s); it gets updates through the object "
-                        "store", self.ids[i], why)
-        if members:
-            log.info("weight group %d: broadcaster + %d rollout worker(s) joined in %.1f s (%s, weights in %s)",
-                     self.epoch, len(members), time.perf_counter() - t0, self.backend, self.dtype or "the learner's dtype")
-
-
-def _status(ref, timeout: float | None = None) -> str:
-    """A worker's ``join_collective`` answer: "ok", or why it could not join."""
-    import ray
-
-    try:
-        return ray.get(ref, timeout=timeout)
-    except Exception as e:  # noqa: BLE001 - a dead or stuck worker cannot join either
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

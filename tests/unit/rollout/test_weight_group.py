@@ -1,4 +1,4 @@
-"""Forming the collective transport's weight group (``rollout.weight_sync``): a worker that cannot join is
+"""Forming the collective transport's weight group (``rollout.weight_group``, ``rollout.weight_sync``): a worker that cannot join is
 left out alone and the others still get broadcasts; the backend follows the engines' device.
 
 The forming rule (:func:`form_group`) is pure logic, driven here by scripted attempts; the two-phase join
@@ -12,8 +12,8 @@ import threading
 import pytest
 import torch
 
-from rollout.weight_sync import JoinResult, WeightBroadcaster, WeightGroup, form_group, group_backend, \
-    group_device, join_group, new_group, receive_buckets
+from rollout.weight_group import JoinResult, WeightGroup, form_group
+from rollout.weight_sync import WeightBroadcaster, group_backend, group_device, join_group, new_group, receive_buckets
 
 
 class Script:
@@ -100,11 +100,11 @@ def test_two_phase_join_forms_without_the_receiver_that_never_arrives():
     handle = sender.plan(tensors, info["epoch"], "bfloat16")
     assert len(handle["buckets"]) == 3 and handle["bytes"] == (5 * 64 * 32 + 32) * 2
     assert sender.join(info["epoch"], [1, 3])
-    out = sender.broadcast(tensors, handle)
+    out = sender.broadcast(handle)
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    assert out["bytes"] == handle["bytes"] and out["peak_extra_bytes"] <= sender.bucket_bytes
+    assert out["bytes"] == handle["bytes"] and out["peak_extra_bytes"] <= 2 * sender.bucket_bytes  # two in flight
     for rank in (1, 3):
         assert list(got[rank]) == list(tensors)
         for name, t in tensors.items():
@@ -118,4 +118,32 @@ def test_a_receiver_left_out_is_told_so_instead_of_hanging():
     sender._prefix.set("members", "[1]")  # as if 2 arrived after the members were named
     with pytest.raises(RuntimeError, match="left out of weight group"):
         join_group({**info, "rank": 2}, 2, "float32")
+    sender.close()
+
+
+def test_buckets_in_the_wire_dtype_go_as_they_are_and_every_tensor_arrives():
+    """float32 weights sent as float32 in buckets smaller than a matrix: each matrix travels alone without
+    a copy, the small tensors packed; two buckets in flight at a time, buffers reused, all bit-exact."""
+    tensors = {f"m{i}": torch.randn(48, 40) for i in range(4)} | {f"b{i}": torch.randn(7) for i in range(3)}
+    sender = WeightBroadcaster(join_timeout_s=30.0)
+    sender.bucket_bytes = 1024  # < one 48x40 float32 matrix (7680 bytes)
+    info = sender.open([1])
+    handle = sender.plan(tensors, info["epoch"])
+    assert [len(b) for b in handle["buckets"]] == [1, 1, 1, 1, 3]
+    got: dict = {}
+
+    def receive() -> None:
+        got.update(receive_buckets(join_group({**info, "rank": 1}, 1, "float32"), handle))
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    while not sender.arrived(info["epoch"]):
+        threading.Event().wait(0.01)
+    sender.join(info["epoch"], [1])
+    out = sender.broadcast(handle)
+    thread.join(timeout=60)
+    assert out["peak_extra_bytes"] == 3 * 7 * 4  # only the packed bucket needed a buffer
+    assert set(got) == set(tensors) and all(torch.equal(got[n], t) for n, t in tensors.items())
+    with pytest.raises(RuntimeError, match="not the last one planned"):
+        sender.broadcast(handle)  # sent: the sender no longer holds its tensors
     sender.close()
