@@ -10,7 +10,9 @@ pipe and sends one result dict per task; it sends ``"ready"`` first. Two kinds o
   parent enforces -> ``{"equal", "status", "reason", "extracted", "source", "reward", "parts"}``.
 
 The parent enforces the time limit by killing this process; a watchdog thread exits when the parent
-dies, so an orphaned worker never burns CPU for long.
+dies, so an orphaned worker never burns CPU for long. Inside a worker, ``rewards.worker_pool.shared_pool``
+returns this process's :class:`InlinePool` (:func:`inline_pool`): the verifier called from here (a whole
+item scored under one limit) runs its comparisons in place.
 """
 
 from __future__ import annotations
@@ -74,12 +76,42 @@ def handle(task: dict, configs: OrderedDict) -> dict:
         return {"equal": False, "reason": f"{type(e).__name__}: {str(e)[:200]}", "status": "error"}
 
 
+class InlinePool:
+    """The pool of a verifier worker process: runs tasks right here (the parent's kill is the time limit)."""
+
+    size = 1
+    restarts = 0
+    timeouts = 0
+
+    def __init__(self) -> None:
+        self._configs: OrderedDict = OrderedDict()
+
+    def run(self, tasks: list[dict], timeout_s: float, deadline: float | None = None) -> list[dict]:
+        return [handle(t, self._configs) for t in tasks]
+
+    def warm_up(self, wait: bool = False) -> float:
+        return 0.0
+
+    def resize(self, num_workers: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_inline: tuple[int, InlinePool] | None = None
+
+
+def inline_pool() -> InlinePool | None:
+    """This process's :class:`InlinePool` when it is a verifier worker (``serve`` runs in it), else None."""
+    return _inline[1] if _inline is not None and _inline[0] == os.getpid() else None
+
+
 def serve(conn) -> None:
     """Worker loop on a ``multiprocessing`` connection; returns when the parent closes it."""
-    from rewards.worker_pool import use_inline_pool
-
+    global _inline
     sys.set_int_max_str_digits(0)
-    use_inline_pool()  # the verifier called from here runs its comparisons in this process
+    _inline = (os.getpid(), InlinePool())  # the verifier called from here runs its comparisons in this process
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     import rewards.equivalence  # noqa: F401 - pay the sympy import (if not preloaded) before saying ready
 

@@ -16,8 +16,8 @@ dispatcher waits on the workers' pipes with ``select``; an item past its time li
 job's deadline) is answered ``timeout``, its worker killed (SIGKILL to that one process, never a
 signal handler in the caller) and replaced at once. Tasks a job could not start before its deadline
 get ``timeout`` without running. Thread-safe; one pool per process (``shared_pool``). Inside a worker process
-``shared_pool`` returns an :class:`InlinePool` instead, so code that calls the verifier there (a
-whole item scored under one limit) runs in place.
+``shared_pool`` returns the worker's :class:`rewards.worker.InlinePool` instead, so code that calls the
+verifier there (a whole item scored under one limit) runs in place.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import time
 from collections import deque
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.context import ForkServerProcess, set_spawning_popen
+
+from rewards.worker import inline_pool, serve
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,6 @@ class _Job:
 
 class _Worker:
     def __init__(self) -> None:
-        from rewards.worker import serve
-
         ctx = _context()
         self.conn, child = ctx.Pipe()
         self.proc = VerifierProcess(target=serve, args=(child,), daemon=True, name="flywheel-verifier")
@@ -436,52 +436,22 @@ class WorkerPool:
                     return
 
 
-class InlinePool:
-    """``shared_pool()`` inside a verifier worker: runs tasks right here (the parent's kill is the time limit)."""
-
-    size = 1
-    restarts = 0
-    timeouts = 0
-
-    def __init__(self) -> None:
-        from collections import OrderedDict
-
-        self._configs: OrderedDict = OrderedDict()
-
-    def run(self, tasks: list[dict], timeout_s: float, deadline: float | None = None) -> list[dict]:
-        from rewards.worker import handle
-
-        return [handle(t, self._configs) for t in tasks]
-
-    def warm_up(self, wait: bool = False) -> float:
-        return 0.0
-
-    def resize(self, num_workers: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _failed(reason: str) -> dict:
     return {"equal": False, "status": "error", "reason": reason, "elapsed_ms": 0.0}
 
 
-_shared: tuple[int, WorkerPool | InlinePool] | None = None
+_shared: tuple[int, WorkerPool] | None = None
 _shared_lock = threading.Lock()
-
-
-def use_inline_pool() -> None:
-    """Called once by a verifier worker process: its ``shared_pool()`` runs tasks in place."""
-    global _shared
-    with _shared_lock:
-        _shared = (os.getpid(), InlinePool())
 
 
 def shared_pool(num_workers: int = 2, burst: int | None = None) -> WorkerPool:
     """The process-wide pool (re-created after a fork); grows to ``num_workers`` if asked. ``burst``: extra
-    workers while slow items run (None: as many as ``num_workers``; set when the pool is created)."""
+    workers while slow items run (None: as many as ``num_workers``; set when the pool is created). Inside a
+    verifier worker process: its :class:`rewards.worker.InlinePool`, which runs tasks in place."""
     global _shared
+    inline = inline_pool()
+    if inline is not None:
+        return inline  # type: ignore[return-value]
     with _shared_lock:
         if _shared is None or _shared[0] != os.getpid():
             _shared = (os.getpid(), WorkerPool(num_workers, burst))

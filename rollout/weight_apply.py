@@ -27,14 +27,29 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from rollout.config import RolloutConfig
 from rollout.weight_update import WeightUpdate, WeightUpdateError, check_version, model_specs, vllm_label
 
-if TYPE_CHECKING:
-    from rollout.engine import RolloutEngine
-
 log = logging.getLogger(__name__)
+
+
+class ServingEngine(Protocol):
+    """What the applier uses of the engine it updates (:class:`rollout.engine.RolloutEngine`, which makes
+    its applier; the engine module imports this one, never the other way)."""
+
+    cfg: RolloutConfig
+    worker_id: str
+    _llm: Any
+    """The vLLM ``AsyncLLM``, None before start-up."""
+    _seqs: dict[str, Any]
+    """Requests in flight by id (``request_id``, ``kv_version``, ``can_reprefill``, ``reprefill``)."""
+    _resumed: asyncio.Event
+    """Set while the engine takes new requests; cleared around an update."""
+
+    @property
+    def llm(self) -> Any: ...
 
 
 @dataclass
@@ -82,7 +97,7 @@ class SyncRecord:
 class WeightApplier:
     """In-flight weight updates of one :class:`rollout.engine.RolloutEngine`; owns its version."""
 
-    def __init__(self, engine: RolloutEngine) -> None:
+    def __init__(self, engine: ServingEngine) -> None:
         self.engine = engine
         self.version = 0
         """Policy version of the weights the engine holds (labels every token sampled from now on)."""

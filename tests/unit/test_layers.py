@@ -1,6 +1,7 @@
 """The dependency direction of docs/architecture.md: rewards, rollout -> pretraining -> learner -> services
-(every import counts, deferred ones inside functions included), and no import cycle between modules (the
-imports that run when a module is imported: its top level, ``typing.TYPE_CHECKING`` blocks aside)."""
+(every import counts, deferred ones inside functions included), no import cycle between modules (the
+imports that run when a module is imported: its top level, ``typing.TYPE_CHECKING`` blocks aside), and no
+two modules that import each other in any way (deferred and ``TYPE_CHECKING`` imports included)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,9 @@ def test_no_import_cycle_between_modules():
         if m not in state:
             visit(m, [m])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_two_modules_import_each_other_even_deferred():
+    graph = module_imports()
+    mutual = sorted({" <-> ".join(sorted((m, d))) for m, deps in graph.items() for d in deps if m in graph[d]})
+    assert not mutual, "modules that import each other (put the shared piece where it belongs):\n" + "\n".join(mutual)
