@@ -9,8 +9,10 @@
 # 3. learner throughput on a 252M-parameter Qwen3, and the learner step's memory with a 152k vocabulary
 #    before/after chunked log-probs (bench/learner.py, docs/learner.md)
 # 4. the default `flywheel pretrain` (configs/pretrain_tiny.yaml) on the GPU, timed
-# 5. when vLLM and Ray are installed: the rollout engine on the GPU, weight updates into it through the
-#    object store and the collective transport (gloo), and vLLM's NCCL weight-transfer path
+# 5. the collective weight transport's NCCL backend without vLLM or Ray: the sender's process group and
+#    device buckets on one GPU; with two GPUs a receiver on the second gets every tensor bit-exact
+# 6. when vLLM and Ray are installed: the rollout engine on the GPU, weight updates into it through the
+#    object store and the collective transport (gloo; NCCL with two GPUs), and vLLM's NCCL weight-transfer path
 # Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check); a summary is printed last.
 set -u
 out=${1:-${OUT:-/tmp/gpu_check}}
@@ -43,6 +45,7 @@ step throughput 180 python3 bench/learner.py throughput --device cuda --hidden 1
   --seq 1024 --batch 32 --micro 8
 step learner_memory 240 python3 bench/learner.py memory --device cuda --cases 1024x2 4096x2 16384x2 --timeout 100
 step pretrain_default 240 python3 -m services.cli pretrain --out_dir /tmp/gpu_pretrain
+step nccl_weight_group 180 "${PYTEST[@]}" tests/integration/rollout/test_gpu_collective.py
 if python3 -c "import vllm, ray" 2>/dev/null; then
   step rollout_gpu_sync 600 "${PYTEST[@]}" -m gpu tests/integration/rollout/test_gpu_weight_sync.py
 else
@@ -50,8 +53,9 @@ else
 fi
 
 echo "=== summary"
-grep -hE "passed|failed|error" "$out/learner_tests.log" "$out/pretraining_tests.log" | tail -n 4
+grep -hE "passed|failed|error" "$out/learner_tests.log" "$out/pretraining_tests.log" "$out/nccl_weight_group.log" \
+  | tail -n 6
 grep -h "median tokens/s\|peak GPU" "$out/throughput.log"
 grep -h "^| " "$out/learner_memory.log"
 grep -h "pretraining done\|on cuda" "$out/pretrain_default.log"
-for k in learner_tests pretraining_tests throughput learner_memory pretrain_default rollout_gpu_sync; do echo "$k: exit ${rc[$k]:-?}"; done
+for k in learner_tests pretraining_tests throughput learner_memory pretrain_default nccl_weight_group rollout_gpu_sync; do echo "$k: exit ${rc[$k]:-?}"; done

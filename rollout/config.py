@@ -75,11 +75,13 @@ class RolloutConfig(BaseModel):
     """Behaviour log-probs after temperature/top-p (what was sampled from) or of the raw logits."""
     weight_transport: Literal["object_store", "collective", "nccl"] = "object_store"
     """How new weights reach the engines: ``object_store`` (CPU tensors through the Ray object store, the
-    simple default on one machine), ``collective`` (a bucketed gloo broadcast from a sender on the
-    learner's node into every engine's worker process; an engine that cannot join gets the object store)
-    or ``nccl`` (vLLM's NCCL weight-transfer engine; GPUs only, not wired into the GRPO job)."""
+    simple default on one machine) or ``collective`` (a bucketed broadcast from a sender on the learner's
+    node into every engine's worker process: NCCL on GPUs, gloo on CPU; an engine that cannot join gets
+    the object store). ``nccl`` is the GPU spelling of ``collective`` (it also builds the engines with
+    vLLM's own NCCL weight-transfer engine, for ``rollout.weight_sync.nccl_sender``)."""
     weight_bucket_mib: int = Field(64, ge=1, le=65536)
-    """``collective``: MiB per broadcast bucket (the transport's extra memory on each side)."""
+    """``collective``: MiB per broadcast bucket (the transport's extra memory: two buckets on the sender,
+    the next bucket on each receiver)."""
     prepare_updates: bool = True
     """CPU: build each weight update (tensors, repacked GEMM handles) while generating and pause only
     to swap it in; False: vLLM's ``reload_weights`` with the engine paused (slower; the fallback)."""

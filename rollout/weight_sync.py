@@ -198,12 +198,15 @@ class WeightBroadcaster:
     (polled: which receivers reached it, with their engines' dtypes), :meth:`join` (name the members,
     build the group)."""
 
-    def __init__(self, bucket_mib: int = 64, join_timeout_s: float = 60.0, backend: str = "gloo") -> None:
+    def __init__(self, bucket_mib: int = 64, join_timeout_s: float = 60.0, backend: str = "gloo",
+                 host: str | None = None) -> None:
         import uuid
 
         self.bucket_bytes = int(bucket_mib) << 20
         self.join_timeout_s = join_timeout_s
         self.backend = backend
+        self.host = host
+        """Address the receivers reach this sender's store at (default: this Ray node's)."""
         self.uid = uuid.uuid4().hex[:8]
         """Part of every group name: a new broadcaster's groups never match an old one's."""
         self.epoch = 0
@@ -218,12 +221,14 @@ class WeightBroadcaster:
     def open(self, ranks: list[int]) -> dict[str, Any]:
         """Start group ``epoch + 1`` for the receiver ``ranks``: returns the handle they join with
         (host, port, group name, epoch, timeout, backend)."""
-        import ray
-
         self.close()
         self.epoch += 1
         self._ranks = sorted(ranks)
-        handle = {"host": ray.util.get_node_ip_address(), "port": 0, "group": f"{self.uid}.{self.epoch}",
+        if self.host is None:
+            import ray
+
+            self.host = ray.util.get_node_ip_address()
+        handle = {"host": self.host, "port": 0, "group": f"{self.uid}.{self.epoch}",
                   "epoch": self.epoch, "timeout_s": self.join_timeout_s, "backend": self.backend}
         self._prefix, self._store = _group_store(handle, is_master=True)
         self._handle = {**handle, "port": self._store.port}

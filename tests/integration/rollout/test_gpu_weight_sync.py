@@ -1,5 +1,6 @@
 """GPU path: NCCL weight broadcast from a learner process into rollout workers through vLLM's
-weight-transfer engine, with requests kept in flight; and tensor-parallel engines. Marked ``gpu``
+weight-transfer engine, with requests kept in flight; and tensor-parallel engines; the job's collective
+transport into a GPU engine over gloo and over NCCL. Marked ``gpu``
 (skipped without CUDA). NCCL cannot put two ranks on one device, so the sender needs its own GPU:
 the broadcast test needs 2 GPUs, the tensor-parallel one 3."""
 
@@ -67,11 +68,13 @@ def test_nccl_update_in_flight(ray_session, tiny_model, tp):
     ray.kill(w)
 
 
-def test_collective_update_into_a_gpu_engine(ray_session, tiny_model):
-    """The job's collective transport (gloo broadcast, received in host memory, ``reload_weights`` on the
-    GPU) into one engine on one GPU, with requests in flight."""
-    if _gpus() < 1:
-        pytest.skip("needs a GPU")
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_collective_update_into_a_gpu_engine(ray_session, tiny_model, backend):
+    """The job's collective transport into one engine on one GPU, with requests in flight: over gloo (received
+    in host memory) or NCCL (the sender's buckets on its own GPU, received on the engine's; ``reload_weights``
+    either way)."""
+    if _gpus() < (2 if backend == "nccl" else 1):
+        pytest.skip(f"needs {2 if backend == 'nccl' else 1} GPU(s), found {_gpus()}")
     ray = ray_session
     from rollout.config import RolloutConfig
     from rollout.fleet import RolloutFleet
@@ -81,12 +84,15 @@ def test_collective_update_into_a_gpu_engine(ray_session, tiny_model):
 
     cfg = RolloutConfig(model=tiny_model, dtype="float32", max_model_len=1024, num_gpus_per_worker=1,
                         weight_transport="collective", gpu_memory_utilization=0.3)
-    [w] = create_workers(cfg, name_prefix="gpu-collective")
-    fleet = RolloutFleet([w], transport="collective", collective={"bucket_mib": 1})
+    [w] = create_workers(cfg, name_prefix=f"gpu-collective-{backend}")
+    sender = {"num_gpus": 1} if backend == "nccl" else {}  # NCCL: no two ranks of a group on one GPU
+    fleet = RolloutFleet([w], transport="collective", collective={"bucket_mib": 1, "backend": backend,
+                                                                  "broadcaster_options": sender})
     ref = w.generate.remote([{"prompt_id": f"c{i}", "prompt_token_ids": [5, 6, 7 + i]} for i in range(8)],
                             {"n": 2, "max_tokens": 400, "temperature": 1.0})
     fleet.publish(WeightUpdate(1, tensors=ray.put(perturbed_state_dict(tiny_model, scale=0.05, seed=3))), wait=True)
-    assert fleet.last_publish["transport"] == "collective" and ray.get(w.get_version.remote()) == 1
+    assert fleet.last_publish["broadcast_to"] == ["gpu-collective-" + backend + "-0"]
+    assert ray.get(w.get_version.remote()) == 1
     groups = ray.get(ref)
     assert all(s["versions"] == sorted(s["versions"]) for g in groups for s in g["samples"])
     ray.kill(fleet.weight_group.broadcaster)
