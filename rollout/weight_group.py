@@ -141,13 +141,20 @@ class WeightGroup:
         """One group: open it, wait until every worker arrived (or failed, or ``join_timeout_s``), name
         the ones that arrived as members, wait for them and the broadcaster to join."""
         import ray
+        from ray.exceptions import RayActorError
 
-        if self.broadcaster is None:
-            opts = {"num_cpus": 0, "max_concurrency": 4, **self._options}
-            self.broadcaster = ray.remote(WeightBroadcaster).options(**opts).remote(
-                self.bucket_mib, self.join_timeout_s, self.backend)
         ranks = {i: self._ranks(k) for k, i in enumerate(workers)}
-        info = ray.get(self.broadcaster.open.remote([r for rs in ranks.values() for r in rs]), timeout=120)
+        for fresh in (False, True):  # a sender that died since the last group is replaced once
+            if self.broadcaster is None or fresh:
+                opts = {"num_cpus": 0, "max_concurrency": 4, **self._options}
+                self.broadcaster = ray.remote(WeightBroadcaster).options(**opts).remote(
+                    self.bucket_mib, self.join_timeout_s, self.backend)
+            try:
+                info = ray.get(self.broadcaster.open.remote([r for rs in ranks.values() for r in rs]), timeout=120)
+                break
+            except RayActorError:
+                if fresh:
+                    raise
         refs = {i: self.workers[i].join_collective.remote({**info, "rank": ranks[i][0]}) for i in workers}
         why: dict[int, str] = {}
         deadline = time.monotonic() + self.join_timeout_s
