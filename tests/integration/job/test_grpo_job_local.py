@@ -2,7 +2,8 @@
 
 - synchronous mode (``loss.max_staleness: 0``) trains strictly on-policy: every sample's staleness is 0;
 - a run stopped mid-stage (``stop_after_steps``) resumes from its checkpoint: the step count, weight
-  version and data position continue where they stopped, nothing is repeated.
+  version and data position continue where they stopped, nothing is repeated; both runs send weights by
+  the collective transport, the resumed learner's included (a new sender and group, versions going on).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def test_sync_mode_is_on_policy_and_resumes_mid_stage(local_ray, tiny_model, tmp
 
     out = tmp_path / "sync"
     # run 1: stop after one step (checkpointed), as a preempted job would
-    assert GRPOJob(_cfg(tiny_model, out, "--loss.max_staleness", "0", "--stop_after_steps", "1")).run() == 0
+    collective = ("--rollout.weight_transport", "collective")
+    assert GRPOJob(_cfg(tiny_model, out, "--loss.max_staleness", "0", "--stop_after_steps", "1", *collective)).run() == 0
     rows = _rows(out)
     assert [r["global_step"] for r in rows] == [1]
     first = _extra(out)["progress"]
@@ -47,10 +49,12 @@ def test_sync_mode_is_on_policy_and_resumes_mid_stage(local_ray, tiny_model, tmp
     assert first["data_position"] >= 4 and not first["finished"]
 
     # run 2: the same command resumes and finishes the stage
-    assert GRPOJob(_cfg(tiny_model, out, "--loss.max_staleness", "0")).run() == 0
+    assert GRPOJob(_cfg(tiny_model, out, "--loss.max_staleness", "0", *collective)).run() == 0
     rows = _rows(out)
     assert [r["global_step"] for r in rows] == [1, 2]
     assert [r["version"] for r in rows] == [1, 2]
+    # each step's update landed by broadcast before the next step (sync mode), from either run's learner
+    assert [(r["weight_update_version"], r["weight_collective"]) for r in rows] == [(1, 1.0), (2, 1.0)]
     for r in rows:
         # on-policy: every sample was generated entirely by the weights the learner held
         assert set(map(int, r["staleness_histogram"])) == {0}, r["staleness_histogram"]
