@@ -2,6 +2,7 @@
 
     python bench/weight_sync.py                      # tiny model and a ~100M-parameter random Qwen3
     python bench/weight_sync.py --sizes tiny --updates 3
+    python bench/weight_sync.py --sizes 100m --dtype bfloat16   # bf16 engines: collective sends bf16
 
 For each model: one real vLLM CPU rollout worker generating continuously (requests in flight), and
 the same weights published ``--updates`` times through each transport by a :class:`rollout.fleet.RolloutFleet`
@@ -14,7 +15,10 @@ than copies, plus its bucket; the object store path has no sender process: the s
 store for both transports) and on the receiver side (RSS of the worker actor and its vLLM engine
 process above their level before the update, plus this benchmark's ``/dev/shm`` staging files),
 sampled every 5 ms. Prints one table per model with the collective / object store ratios of the same
-run. Numbers from a shared or loaded machine say so: the load average is printed with them.
+run, then a profile of where the hand-over goes (the worker fetching the state dict and staging it in
+``/dev/shm``; the sender fetching it and filling buckets, and the time its broadcast waits on the wire;
+the engine receiving and preparing the update). Numbers from a shared or loaded machine say so: the load
+average is printed with them.
 """
 
 from __future__ import annotations
