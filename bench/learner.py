@@ -1,6 +1,7 @@
 """Benchmark: the learner's training step, memory and speed, before/after chunked log-probs and packing.
 
     python bench/learner.py memory                       # 152k vocab, 1k / 4k / 16k-token responses
+    python bench/learner.py memory --cases 4096x2 --budget 8192 --variants after
     python bench/learner.py memory --device cuda --hidden 1024 --layers 4 --cases 4096x2 16384x2 32768x1
     python bench/learner.py default                      # the embedded default: tokens/s before vs after
     python bench/learner.py throughput --device cuda --hidden 1024 --layers 16 --vocab 32768 --seq 1024 --batch 32
@@ -14,7 +15,8 @@ micro-batches cut by ``max_tokens_per_micro_batch``).
 
 ``memory``: ``train_step`` (forward, loss, backward, AdamW step; twice, tokens/s of the second) on a random Qwen2 (transformers'
 ``Qwen2Config``; Qwen2.5's 151,936-token vocabulary by default) per case ``RESPONSExSEQUENCES`` (64-token
-prompts; micro-batch budget = all the case's tokens, so one micro-batch), each in a fresh process: peak
+prompts; micro-batch budget = all the case's tokens, so one micro-batch, unless ``--budget`` sets
+``max_tokens_per_micro_batch``), each in a fresh process: peak
 memory above the memory before the step (CPU: the process's peak RSS, reset through
 ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``) and tokens/s. A case whose estimated need
 exceeds the memory available (keeping ``--reserve-gib`` free) is skipped and says so.
@@ -165,7 +167,7 @@ def run_case(args) -> dict:
     process_group(args.device)
     with tempfile.TemporaryDirectory() as d:
         params = save_random_qwen2(d, args.vocab, args.hidden, args.layers, PROMPT + response + 8)
-        budget = n_seqs * (PROMPT + response)
+        budget = args.budget or n_seqs * (PROMPT + response)
         w = make_worker(args.variant, d, args.device, micro_batch_size=n_seqs, grad_accum=1,
                         max_tokens_per_micro_batch=budget, activation_checkpointing=args.activation_checkpointing or "auto")
         groups = random_groups(1, n_seqs, PROMPT, response, args.vocab, seed=0)
@@ -209,7 +211,8 @@ def memory(args) -> None:
                 continue
             cmd = [sys.executable, __file__, "_case", "--variant", variant, "--response", str(response),
                    "--sequences", str(n_seqs), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
-                   "--layers", str(args.layers), "--device", args.device, "--steps", str(args.steps)]
+                   "--layers", str(args.layers), "--device", args.device, "--steps", str(args.steps),
+                   "--budget", str(args.budget or 0)]
             if args.activation_checkpointing:
                 cmd.append("--activation-checkpointing")
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -223,8 +226,10 @@ def memory(args) -> None:
             rows.append(row)
             print(f"{variant} {case}: +{row['extra_gib']:.2f} GiB, {row['tokens_per_s']:.0f} tokens/s "
                   f"({row['step_s']:.1f} s, loss {row['loss']:+.4f})", flush=True)
+    per_step = (f"micro-batches of at most {args.budget} tokens" if args.budget
+                else "one micro-batch per step")
     print(f"\nrandom Qwen2, vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, {args.device}, "
-          f"{PROMPT}-token prompts, one micro-batch per step")
+          f"{PROMPT}-token prompts, {per_step}")
     print("| response x sequences | before: extra memory | after: extra memory | memory after/before "
           "| before: tokens/s | after: tokens/s | speed after/before |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -335,11 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     mem.add_argument("--reserve-gib", type=float, default=12.0, help="never start a case leaving less free")
     mem.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     mem.add_argument("--steps", type=int, default=2, help="train steps per case (peak over all, speed of the last)")
+    mem.add_argument("--budget", type=int, default=0,
+                     help="micro-batch token budget (learner.max_tokens_per_micro_batch); 0 = all the case's "
+                          "tokens in one micro-batch")
     case = sub.choices["_case"]
     case.add_argument("--variant", choices=["before", "after"], required=True)
     case.add_argument("--response", type=int, required=True)
     case.add_argument("--sequences", type=int, default=2)
     case.add_argument("--steps", type=int, default=2)
+    case.add_argument("--budget", type=int, default=0)
     tp = sub.choices["throughput"]
     tp.add_argument("--heads", type=int, default=0, help="attention heads (default hidden/64, at least 2)")
     tp.add_argument("--seq", type=int, default=128, help="tokens per sequence (1/4 prompt)")
