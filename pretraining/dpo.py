@@ -218,7 +218,7 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
 
     from pretraining.checkpoint import load_checkpoint
     from pretraining.distributed import close_distributed, init_distributed, shard_model
-    from pretraining.metrics import MetricsLogger, plot_loss_curves
+    from pretraining.metrics import plot_loss_curves
     from pretraining.trainer import Trainer, export_model
 
     t0 = time.perf_counter()
@@ -259,25 +259,15 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     run_dir = Path(cfg.out_dir)
     if rank0:
         log.info("DPO (%s, beta %g): %d pairs, %d steps", cfg.loss, cfg.beta, len(chosen), total)
-    metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
-                            append=cfg.resume) if rank0 else None
-    trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
-                      objective=dpo_objective(cfg.beta, cfg.loss, cfg.rpo_alpha), count=lambda b: int(b["ref_chosen"].shape[0]),
-                      dist=dist, log_every=cfg.metrics.log_every, name="dpo")
-    if cfg.resume:
-        trainer.resume_latest(run_dir)
-
-    def maybe_save(step: int) -> None:
-        if cfg.save_every and step % cfg.save_every == 0 and step < total:
-            trainer.save_resumable(run_dir / "checkpoint-latest", tok, data_position=step, meta={"step": step})
-
-    trainer.run(total, batches_at, stage="dpo", on_step=maybe_save)
+    trainer = Trainer.for_run(cfg, model, total, objective=dpo_objective(cfg.beta, cfg.loss, cfg.rpo_alpha),
+                              count=lambda b: int(b["ref_chosen"].shape[0]), dist=dist, name="dpo")
+    trainer.run(total, batches_at, stage="dpo", on_step=trainer.saving_every(cfg.save_every, total, tok))
     final = export_model(model, tok, run_dir / "final", dist,
                          meta={"step": total, "job": "dpo", "loss": cfg.loss, "beta": cfg.beta, "rpo_alpha": cfg.rpo_alpha,
                                "pairs": cfg.data_file or cfg.pairs, "pair_stats": pair_stats, "init_from": cfg.init_from})
-    if metrics is not None:
-        metrics.close()
-        plot_loss_curves(metrics.path, run_dir / "loss.png", keys=("loss", "reward_margin", "preference_acc"),
+    if trainer.metrics is not None:
+        trainer.metrics.close()
+        plot_loss_curves(trainer.metrics.path, run_dir / "loss.png", keys=("loss", "reward_margin", "preference_acc"),
                          title=f"DPO ({cfg.loss})")
     close_distributed(dist)
     return {"final": str(final), "history": trainer.history, "seconds": time.perf_counter() - t0,

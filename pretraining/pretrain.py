@@ -72,7 +72,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     import torch
 
     from pretraining.distributed import close_distributed, init_distributed, shard_model
-    from pretraining.metrics import MetricsLogger, plot_loss_curves
+    from pretraining.metrics import plot_loss_curves
     from pretraining.model import build_model, count_parameters
     from pretraining.packing import collate
     from pretraining.trainer import Trainer, lm_count, lm_loss
@@ -109,13 +109,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     for s in cfg.stages:
         bounds.append(bounds[-1] + s.steps)
     total = bounds[-1]
-    metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
-                            append=cfg.resume) if rank0 else None
-    trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
-                      objective=lambda m, b: lm_loss(m, b, cfg.z_loss), count=lm_count, dist=dist,
-                      log_every=cfg.metrics.log_every, name="pretrain")
-    if cfg.resume:
-        trainer.resume_latest(run_dir)
+    trainer = Trainer.for_run(cfg, model, total, objective=lambda m, b: lm_loss(m, b, cfg.z_loss), count=lm_count,
+                              dist=dist, name="pretrain")
 
     stage_paths = []
     for i, stage in enumerate(cfg.stages):
@@ -135,24 +130,20 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 out.append({k: v.to(device) for k, v in mb.items()})
             return out
 
-        def maybe_save(step: int, path=path) -> None:
-            if cfg.save_every and step % cfg.save_every == 0 and step < end:
-                trainer.save_resumable(run_dir / "checkpoint-latest", tok, data_position=step,
-                                       meta={"step": step, "stage": stage.name})
-
         if rank0:
             log.info("stage %d/%d %r: steps %d-%d, mixture %s", i + 1, len(cfg.stages), stage.name, start, end,
                      stage.mixture)
-        trainer.run(end, batches_at, stage=stage.name, on_step=maybe_save)
+        trainer.run(end, batches_at, stage=stage.name,
+                    on_step=trainer.saving_every(cfg.save_every, end, tok, {"stage": stage.name}))
         trainer.save_resumable(path, tok, data_position=end, meta={"step": end, "stage": stage.name, "job": "pretrain"})
 
     from pretraining.trainer import export_model
 
     final = export_model(model, tok, run_dir / "final", dist, meta={"step": trainer.step, "job": "pretrain",
                                                                      "size": cfg.model.size})
-    if metrics is not None:
-        metrics.close()
-        plot_loss_curves(metrics.path, run_dir / "loss.png", title="pretraining loss")
+    if trainer.metrics is not None:
+        trainer.metrics.close()
+        plot_loss_curves(trainer.metrics.path, run_dir / "loss.png", title="pretraining loss")
     close_distributed(dist)
     return {"final": str(final), "stages": stage_paths, "history": trainer.history, "device": device,
             "seconds": time.perf_counter() - t0}

@@ -100,7 +100,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
 
     from pretraining.checkpoint import load_checkpoint
     from pretraining.distributed import close_distributed, init_distributed, shard_model
-    from pretraining.metrics import MetricsLogger, plot_loss_curves
+    from pretraining.metrics import plot_loss_curves
     from pretraining.packing import real_token_share
     from pretraining.trainer import Trainer, export_model, lm_count, lm_loss
 
@@ -123,24 +123,14 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     if rank0:
         log.info("SFT: %s -> %d rows of %d (%.1f%% real tokens), %d epochs = %d steps",
                  cfg.data_file or f"{cfg.n_examples} synthetic conversations", len(rows), cfg.seq_len, 100 * share, cfg.epochs, total)
-    metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
-                            append=cfg.resume) if rank0 else None
-    trainer = Trainer(model, cfg.optim, cfg.schedule, total, run_dir, metrics,
-                      objective=lambda m, b: lm_loss(m, b, cfg.z_loss), count=lm_count, dist=dist,
-                      log_every=cfg.metrics.log_every, name="sft")
-    if cfg.resume:
-        trainer.resume_latest(run_dir)
-
-    def maybe_save(step: int) -> None:
-        if cfg.save_every and step % cfg.save_every == 0 and step < total:
-            trainer.save_resumable(run_dir / "checkpoint-latest", tok, data_position=step, meta={"step": step})
-
-    trainer.run(total, batches_at, stage="sft", on_step=maybe_save)
+    trainer = Trainer.for_run(cfg, model, total, objective=lambda m, b: lm_loss(m, b, cfg.z_loss), count=lm_count,
+                              dist=dist, name="sft")
+    trainer.run(total, batches_at, stage="sft", on_step=trainer.saving_every(cfg.save_every, total, tok))
     final = export_model(model, tok, run_dir / "final", dist, meta={"step": total, "job": "sft",
                                                                      "init_from": cfg.init_from})
-    if metrics is not None:
-        metrics.close()
-        plot_loss_curves(metrics.path, run_dir / "loss.png", title="SFT loss (assistant tokens)")
+    if trainer.metrics is not None:
+        trainer.metrics.close()
+        plot_loss_curves(trainer.metrics.path, run_dir / "loss.png", title="SFT loss (assistant tokens)")
     close_distributed(dist)
     return {"final": str(final), "history": trainer.history, "seconds": time.perf_counter() - t0,
             "rows": len(rows), "real_token_share": share}

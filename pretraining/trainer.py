@@ -89,6 +89,31 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
 
+    @classmethod
+    def for_run(cls, cfg, model, total_steps: int, *, objective: Objective, count: Callable[[dict], int],
+                dist=None, name: str) -> "Trainer":
+        """The trainer of one pretrain / SFT / DPO run (``cfg``: its config): metrics into ``cfg.out_dir`` on
+        rank 0 (``trainer.metrics``), the run's optimizer and schedule, resumed there when ``cfg.resume``."""
+        run_dir = Path(cfg.out_dir)
+        rank0 = dist is None or dist.rank == 0
+        metrics = MetricsLogger(run_dir, cfg.metrics.backends, wandb_project=cfg.metrics.wandb_project,
+                                append=cfg.resume) if rank0 else None
+        trainer = cls(model, cfg.optim, cfg.schedule, total_steps, run_dir, metrics, objective=objective, count=count,
+                      dist=dist, log_every=cfg.metrics.log_every, name=name)
+        if cfg.resume:
+            trainer.resume_latest(run_dir)
+        return trainer
+
+    def saving_every(self, every: int, end: int, tokenizer, meta: dict | None = None) -> Callable[[int], None]:
+        """An ``on_step`` for :meth:`run`: a resumable ``checkpoint-latest`` every ``every`` steps before step
+        ``end`` (0: never), its data position the step."""
+        def on_step(step: int) -> None:
+            if every and step % every == 0 and step < end:
+                self.save_resumable(self.run_dir / "checkpoint-latest", tokenizer, data_position=step,
+                                    meta={"step": step, **(meta or {})})
+
+        return on_step
+
     @property
     def world(self) -> int:
         return self.dist.world_size if self.dist else 1
