@@ -118,13 +118,14 @@ def run_transport(fleet, worker, weights_ref, start_version: int, updates: int, 
                     "plan_s": lp.get("sender_plan_s"), "copy_s": lp.get("sender_copy_s"),
                     "wire_s": lp.get("sender_wire_s"), "fetch_s": lp.get("fetch_s"), "stage_s": rec.get("stage_s"),
                     "receive_s": rec.get("receive_s"), "prepare_thread_s": rec.get("prepare_thread_s"),
-                    "before_pause_s": rec.get("prepare_s")})
+                    "before_pause_s": rec.get("prepare_s"), "worker_s": lp.get("handover_s")})
     return out
 
 
 def bench_model(size: str, workdir: Path, updates: int, max_tokens: int, dtype: str = "float32",
                 bucket_mib: int = 64) -> dict[str, list[dict]]:
     import ray
+    import torch
 
     from rollout.config import RolloutConfig
     from rollout.fleet import RolloutFleet
@@ -158,9 +159,13 @@ def bench_model(size: str, workdir: Path, updates: int, max_tokens: int, dtype: 
                     return []
                 return [ray.get(group.broadcaster.__ray_call__.remote(lambda self: os.getpid()))]
 
-            if transport == "collective":  # form the group first: joining is a one-off, not a per-update cost
-                fleet.weight_group.ready_members(fleet.up())
-            results[transport] = run_transport(fleet, worker, ref, version, updates, sender_pids)
+            # the collective group forms first (joining is a one-off, not a per-update cost), and the state dict
+            # is published in the engine's dtype, as the job's learner does (the object store gets it as it is)
+            wire = fleet.wire_dtype()
+            published = ref if wire in (None, "float32") else ray.put({k: v.to(getattr(torch, wire)) for k, v in
+                                                                       ray.get(ref).items()})
+            results[transport] = run_transport(fleet, worker, published, version, updates, sender_pids)
+            del published
             version += updates
     finally:
         ray.get(worker.stop_continuous.remote())
@@ -186,7 +191,8 @@ def report(size: str, results: dict[str, list[dict]]) -> None:
             ("wire_s", "profile: sender waits on the broadcast (s)", 1.0),
             ("receive_s", "profile: engine reads the file / receives (s)", 1.0),
             ("prepare_thread_s", "profile: engine prepares the update, reading included (s)", 1.0),
-            ("before_pause_s", "profile: worker, update arrived to pause (s)", 1.0)]
+            ("before_pause_s", "profile: worker, update arrived to pause (s)", 1.0),
+            ("worker_s", "profile: worker, call arrived to generating with it (s)", 1.0)]
     print(f"| {size} (median) | object store | collective | collective / object store |")
     print("| --- | --- | --- | --- |")
     for key, label, scale in keys:
@@ -195,6 +201,9 @@ def report(size: str, results: dict[str, list[dict]]) -> None:
         fb = "-" if b is None else f"{b * scale:.3f}"
         ratio = f"{b / a:.2f}x" if a and b is not None else "-"
         print(f"| {label} | {fa} | {fb} | {ratio} |")
+    for transport, rows in results.items():
+        print(f"{size} {transport}: hand-over per update (s) {[round(r['handover_s'], 3) for r in rows]}, "
+              f"{rows[0]['bytes'] / 2**20:.0f} MiB received per update")
 
 
 def main() -> int:
@@ -205,16 +214,21 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the engine's dtype (the published state dict is float32; collective sends the engine's)")
     ap.add_argument("--bucket-mib", type=int, default=64, help="collective: MiB per broadcast bucket")
+    ap.add_argument("--zero-copy", action="store_true",
+                    help="publish with Ray's zero-copy torch tensors (RAY_ENABLE_ZERO_COPY_TORCH_TENSORS=1 where the "
+                         "state dict is put): readers map it from the object store instead of unpickling a copy")
     ap.add_argument("--workdir", default="/tmp/flywheel-bench-weight-sync", help="where the models are written")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.zero_copy:  # read by Ray at import, in the process that puts the state dict (here: this one)
+        os.environ["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = env["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = "1"
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"load average before: {os.getloadavg()}")
+    print(f"load average before: {os.getloadavg()}; zero-copy torch tensors: {args.zero_copy}")
     all_results = {size: bench_model(size, workdir, args.updates, args.max_tokens, args.dtype, args.bucket_mib)
                    for size in args.sizes}
     print(f"\nload average after: {os.getloadavg()} (numbers from a loaded machine are inflated)")
