@@ -36,12 +36,9 @@ class CheckpointReloader:
     inside the worker, so only the path crosses the RPC)."""
 
     def reload_checkpoint(self, path: str) -> None:
-        from safetensors.torch import load_file
+        from pretraining.checkpoint import read_hf_weights
 
-        state = {}
-        for f in sorted(Path(path).glob("*.safetensors")):  # one file or a sharded checkpoint's shards
-            state.update(load_file(str(f)))
-        self.model_runner.reload_weights(weights_iterator=iter(state.items()))
+        self.model_runner.reload_weights(weights_iterator=iter(read_hf_weights(path).items()))
 
 
 def make_llm(checkpoint: str, *, max_model_len: int | None = None, seed: int = 0, kv_cache_gib: float = 1.0):

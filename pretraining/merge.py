@@ -49,15 +49,12 @@ def _vocabulary(path: Path):
 
 def _load_state(path: Path) -> dict:
     """Every tensor of a checkpoint folder (one ``model.safetensors`` or a sharded checkpoint's files)."""
-    from safetensors.torch import load_file
+    from pretraining.checkpoint import read_hf_weights
 
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise MergeError(f"{path}: no *.safetensors weight files")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
+    try:
+        return read_hf_weights(path)
+    except FileNotFoundError:
+        raise MergeError(f"{path}: no *.safetensors weight files") from None
 
 
 def merge_checkpoints(paths: list[str | Path], out_dir: str | Path, weights: list[float] | None = None) -> Path:
