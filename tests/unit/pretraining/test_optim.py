@@ -79,7 +79,6 @@ def test_each_place_has_its_defaults_even_for_a_section_given_in_part():
 
 
 @pytest.mark.parametrize("cls,override,words", [
-    (GRPOJobConfig, ["--learner.lr", "1e-5"], "'lr' moved: the optimizer's settings are one section: learner.optim.lr"),
     (GRPOJobConfig, ["--learner.lr_scale", "{a: 2}"], "learner.optim.lr_scale"),
     (PretrainConfig, ["--optim.grad_accum", "2"], "set grad_accum beside optim"),
     (SFTConfig, ["--optim.z_loss", "1e-4"], "set z_loss beside optim"),
