@@ -14,7 +14,9 @@ its level before the update: the object-store pages of the state dict it reads, 
 than copies, plus its bucket; the object store path has no sender process: the state dict sits in the
 store for both transports) and on the receiver side (RSS of the worker actor and its vLLM engine
 process above their level before the update, plus this benchmark's ``/dev/shm`` staging files),
-sampled every 5 ms. Prints one table per model with the collective / object store ratios of the same
+sampled every 5 ms. RSS growth understates steady-state use: memory the allocator kept from the previous
+update is already in the level before the next one, so the first update of each transport (printed per
+update) is the cold figure. Prints one table per model with the collective / object store ratios of the same
 run, then a profile of where the hand-over goes (the worker fetching the state dict and staging it in
 ``/dev/shm``; the sender fetching it and filling buckets, and the time its broadcast waits on the wire;
 the engine receiving and preparing the update). Numbers from a shared or loaded machine say so: the load
@@ -203,6 +205,7 @@ def report(size: str, results: dict[str, list[dict]]) -> None:
         print(f"| {label} | {fa} | {fb} | {ratio} |")
     for transport, rows in results.items():
         print(f"{size} {transport}: hand-over per update (s) {[round(r['handover_s'], 3) for r in rows]}, "
+              f"receiver peak extra (MiB) {[round(r['rx_peak_bytes'] / 2**20) for r in rows]}, "
               f"{rows[0]['bytes'] / 2**20:.0f} MiB received per update")
 
 

@@ -290,6 +290,14 @@ class RolloutFleet:
         if wait:
             self.wait_published()
 
+    def wire_dtype(self) -> str | None:
+        """The dtype to publish the next update in: with the collective transport the engines' own (forming
+        the weight group first if needed), so it is cast once, where it is made; None: as it is."""
+        if self.weight_group is None:
+            return None
+        self.weight_group.ready_members(self.up())
+        return self.weight_group.dtype
+
     async def apublish(self, update: WeightUpdate) -> list[dict]:
         """Every up worker applies ``update`` (asyncio; the service). Returns their sync records; a
         worker's refusal (a :class:`rollout.weight_update.WeightUpdateError`) propagates."""

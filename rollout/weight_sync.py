@@ -13,7 +13,7 @@ group and sends the left-out ones the object store).
 Per update the sender fetches the learner's published state dict from its node's object store once
 (:meth:`WeightBroadcaster.plan`), then broadcasts it in buckets of one dtype (:func:`plan_buckets`), cast
 to the engines' dtype into two reused flat buffers, the next one filled while the previous one travels
-(:data:`IN_FLIGHT`; a lone tensor already in the wire dtype goes as it is). Each receiver receives
+(:data:`IN_FLIGHT`; a tensor of :data:`ALONE_BYTES` or more already in the wire dtype goes as it is). Each receiver receives
 straight into one new buffer per bucket, the next bucket posted before the current one is handed on
 (:func:`receive_buckets`), and the engine swaps the update in with its usual prepare/pause/commit and
 version checks (:mod:`rollout.weight_apply`, :mod:`rollout.weight_extension`).
@@ -132,13 +132,23 @@ def start_broadcast(group, tensor):
     return group.broadcast([tensor], opts)
 
 
-def plan_buckets(specs: dict[str, tuple[list[int], str]], bucket_bytes: int) -> list[list[str]]:
+ALONE_BYTES = 1 << 20
+"""A tensor of at least this many bytes that is already in the wire dtype travels alone, as it is (no copy
+into a bucket); smaller ones are packed, so a model of many small tensors is not many small broadcasts."""
+
+
+def plan_buckets(specs: dict[str, tuple[list[int], str]], bucket_bytes: int,
+                 alone: set[str] | frozenset = frozenset()) -> list[list[str]]:
     """Tensor names in broadcast order, cut into buckets of at most ``bucket_bytes`` of one dtype each
-    (a tensor larger than a bucket travels alone)."""
+    (a tensor larger than a bucket, or named in ``alone``, travels alone)."""
     buckets: list[list[str]] = []
     used, dtype = 0, None
     for name, (shape, dt) in specs.items():
         n = _SIZE[dt] * _numel(shape)
+        if name in alone:
+            buckets.append([name])
+            used, dtype = bucket_bytes, dt  # full: the next tensor starts a bucket of its own
+            continue
         if not buckets or dt != dtype or used + n > bucket_bytes:
             buckets.append([])
             used, dtype = 0, dt
@@ -257,11 +267,13 @@ class WeightBroadcaster:
         """The handle of one broadcast of ``tensors`` (cast to ``dtype`` when given): names, shapes and
         dtypes (``specs``), the bucket order, the group, the bytes it moves. Keeps ``tensors`` (fetched
         from the object store once) for the :meth:`broadcast` of this handle."""
-        specs = {}
+        specs, alone = {}, set()
         for name, t in tensors.items():
             dt = dtype or str(t.dtype).removeprefix("torch.")
             specs[name] = (list(t.shape), DTYPES[dt])
-        buckets = plan_buckets(specs, self.bucket_bytes)
+            if str(t.dtype) == f"torch.{dt}" and t.is_contiguous() and t.numel() * t.element_size() >= ALONE_BYTES:
+                alone.add(name)
+        buckets = plan_buckets(specs, self.bucket_bytes, alone)
         nbytes = sum(_numel(s) * _SIZE[d] for s, d in specs.values())
         self._planned += 1
         handle = {"epoch": epoch, "group": f"{self.uid}.{epoch}", "update": self._planned, "specs": specs,

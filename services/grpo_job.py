@@ -188,7 +188,7 @@ class GRPOJob:
         every worker; ``version`` is what the job expects the learner to be at. Returns seconds to hand over."""
         t0 = time.perf_counter()
         self.fleet.wait_published()  # never pile updates up: the previous one must have landed
-        update = self.learner.publish_weights()
+        update = self.learner.publish_weights(self.fleet.wire_dtype())  # collective: cast once, on the learner
         if update.version != version:
             raise RuntimeError(f"the learner published weights version {update.version}, the job expected {version}")
         self.fleet.publish(update, wait)

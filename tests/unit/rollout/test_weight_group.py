@@ -122,14 +122,16 @@ def test_a_receiver_left_out_is_told_so_instead_of_hanging():
 
 
 def test_buckets_in_the_wire_dtype_go_as_they_are_and_every_tensor_arrives():
-    """float32 weights sent as float32 in buckets smaller than a matrix: each matrix travels alone without
-    a copy, the small tensors packed; two buckets in flight at a time, buffers reused, all bit-exact."""
-    tensors = {f"m{i}": torch.randn(48, 40) for i in range(4)} | {f"b{i}": torch.randn(7) for i in range(3)}
+    """float32 weights sent as float32: a matrix larger than a bucket, or of ALONE_BYTES, travels alone
+    without a copy, the small tensors are packed; two buckets in flight at a time, buffers reused, all
+    bit-exact."""
+    tensors = ({f"m{i}": torch.randn(48, 40) for i in range(4)} | {f"b{i}": torch.randn(7) for i in range(3)}
+               | {"big": torch.randn(512, 512)})  # 1 MiB
     sender = WeightBroadcaster(join_timeout_s=30.0)
     sender.bucket_bytes = 1024  # < one 48x40 float32 matrix (7680 bytes)
     info = sender.open([1])
     handle = sender.plan(tensors, info["epoch"])
-    assert [len(b) for b in handle["buckets"]] == [1, 1, 1, 1, 3]
+    assert [len(b) for b in handle["buckets"]] == [1, 1, 1, 1, 3, 1]
     got: dict = {}
 
     def receive() -> None:

@@ -88,3 +88,4 @@ def test_buckets_are_bounded_and_keep_one_dtype_each():
     specs = {"a": ([256], "F32"), "b": ([256], "F32"), "c": ([1024], "F32"), "d": ([8], "BF16"), "e": ([8], "F32")}
     assert plan_buckets(specs, 2048) == [["a", "b"], ["c"], ["d"], ["e"]]  # c alone: larger than a bucket
     assert plan_buckets(specs, 1 << 20) == [["a", "b", "c"], ["d"], ["e"]]
+    assert plan_buckets(specs, 1 << 20, alone={"b"}) == [["a"], ["b"], ["c"], ["d"], ["e"]]  # b as it is
