@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretraining.config import DPOConfig
+from pretraining.config import HeldoutConfig, DPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -282,5 +282,6 @@ def main(cfg: DPOConfig) -> int:
     if cfg.eval_n:
         from pretraining.evaluate import evaluate, format_result
 
-        print(f"held-out accuracy (DPO): {format_result(evaluate(out['final'], cfg.eval_n, 0))}", flush=True)
+        r = evaluate(out['final'], HeldoutConfig(num_problems=cfg.eval_n), sample=False)
+        print(f"held-out accuracy (DPO): {format_result(r)}", flush=True)
     return 0

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretraining.config import EvalConfig
+from pretraining.config import EvalConfig, HeldoutConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,14 @@ def eval_problems(n: int, difficulties: list[int] | None = None, seed: int = 123
     return make_problems("heldout", list(difficulties or DIFFICULTIES), n, seed)
 
 
-def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[int] | None = None, seed: int = 1234,
-             temperature: float = 1.0, top_p: float = 1.0, max_tokens: int | None = 160, llm=None,
-             return_samples: bool = False, kv_cache_gib: float = 1.0, data_file: str | None = None,
-             question_field: str = "question", answer_field: str = "answer", system_prompt: str | None = None,
+def evaluate(checkpoint: str, heldout: HeldoutConfig | None = None, *, sample: bool = True, llm=None,
+             return_samples: bool = False, kv_cache_gib: float = 1.0, system_prompt: str | None = None,
              prompt_template: str | None = None) -> dict[str, Any]:
-    """Greedy accuracy, avg@k and pass@k on ``n`` held-out problems (:func:`eval_problems`: the synthetic
-    held-out split or ``data_file``); ``k=0`` skips sampling; ``max_tokens=None`` lets a completion run to
-    the engine's context length. Prompts are the checkpoint's own chat template with ``system_prompt`` /
-    ``prompt_template``, given to vLLM as token ids.
+    """Greedy accuracy, avg@k and pass@k on the held-out problems ``heldout`` names (:func:`eval_problems`:
+    the synthetic held-out split or its ``data_file``; default: ``HeldoutConfig()``, 200 problems at every
+    level); ``sample=False`` skips the k samples (greedy only); ``max_response_tokens=None`` lets a
+    completion run to the engine's context length. Prompts are the checkpoint's own chat template with
+    ``system_prompt`` / ``prompt_template``, given to vLLM as token ids.
 
     Returns ``{"greedy_accuracy", "avg@k", "pass@k", "k", "n", "by_difficulty": {...}, "seconds"}`` (the metric
     names of :func:`accuracy_metrics`, with ``k`` in them: ``avg@4``).
@@ -105,9 +104,11 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
     from pretraining.chat import encode_prompt
     from pretraining.tokenizer import load_tokenizer
 
+    h = heldout or HeldoutConfig()
+    k, seed, max_tokens = (h.k if sample else 0), h.seed, h.max_response_tokens
     t0 = time.perf_counter()
-    problems = eval_problems(n, difficulties, seed, data_file=data_file, question_field=question_field,
-                             answer_field=answer_field)
+    problems = eval_problems(h.num_problems, h.difficulties, seed, data_file=h.data_file,
+                             question_field=h.question_field, answer_field=h.answer_field)
     difficulties = sorted({p.difficulty for p in problems})
     tok = load_tokenizer(checkpoint)
     prompts = [{"prompt_token_ids": encode_prompt(tok, p.question, system_prompt, prompt_template)} for p in problems]
@@ -120,7 +121,7 @@ def evaluate(checkpoint: str, n: int = 200, k: int = 4, *, difficulties: list[in
     if k > 0:
         # no per-request seed: vLLM's CPU sampler fails on it ('CPU Generator does not use offset'); the
         # engine seed (make_llm) makes sampling reproducible
-        sp = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        sp = SamplingParams(n=k, temperature=h.temperature, top_p=h.top_p, max_tokens=max_tokens)
         outs = llm.generate(prompts, sp, use_tqdm=False)
         flat = _verify_all([c.text for o in outs for c in o.outputs], [g for o, g in zip(outs, golds) for _ in o.outputs])
         for i, o in enumerate(outs):
@@ -172,10 +173,7 @@ def main(cfg: EvalConfig) -> int:
     if not (Path(cfg.checkpoint) / "config.json").is_file():
         raise SystemExit(f"eval: checkpoint {cfg.checkpoint!r} is not a model folder (no config.json)")
     try:
-        r = evaluate(cfg.checkpoint, cfg.num_problems, cfg.k, difficulties=cfg.difficulties, seed=cfg.seed,
-                     temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_response_tokens,
-                     return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib, data_file=cfg.data_file,
-                     question_field=cfg.question_field, answer_field=cfg.answer_field,
+        r = evaluate(cfg.checkpoint, cfg, return_samples=cfg.out is not None, kv_cache_gib=cfg.kv_cache_gib,
                      system_prompt=cfg.system_prompt, prompt_template=cfg.prompt_template)
     except (CheckpointError, ChatTemplateError, DataFileError) as e:
         raise SystemExit(f"eval: {e}") from None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretraining.config import PretrainConfig
+from pretraining.config import HeldoutConfig, PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,5 +156,6 @@ def main(cfg: PretrainConfig) -> int:
     if cfg.eval_n:
         from pretraining.evaluate import evaluate, format_result
 
-        print(f"held-out accuracy (base): {format_result(evaluate(out['final'], cfg.eval_n, 0))}", flush=True)
+        r = evaluate(out['final'], HeldoutConfig(num_problems=cfg.eval_n), sample=False)
+        print(f"held-out accuracy (base): {format_result(r)}", flush=True)
     return 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pretraining.config import SFTConfig
+from pretraining.config import HeldoutConfig, SFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def main(cfg: SFTConfig) -> int:
     if cfg.eval_n:
         from pretraining.evaluate import evaluate, format_result
 
-        print(f"held-out accuracy (SFT): {format_result(evaluate(out['final'], cfg.eval_n, 0))}", flush=True)
+        r = evaluate(out['final'], HeldoutConfig(num_problems=cfg.eval_n), sample=False)
+        print(f"held-out accuracy (SFT): {format_result(r)}", flush=True)
     return 0
 

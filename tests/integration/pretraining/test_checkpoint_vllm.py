@@ -46,9 +46,11 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_matching_logprobs(llm, s
 
 
 def test_evaluate_reports_greedy_avg_and_pass_at_k(llm, sft_checkpoint):
+    from pretraining.config import HeldoutConfig
     from pretraining.evaluate import evaluate
 
-    r = evaluate(str(sft_checkpoint), n=10, k=2, max_tokens=48, llm=llm, return_samples=True)
+    r = evaluate(str(sft_checkpoint), HeldoutConfig(num_problems=10, k=2, max_response_tokens=48), llm=llm,
+                 return_samples=True)
     assert r["n"] == 10 and r["k"] == 2
     for key in ("greedy_accuracy", f"avg@{r['k']}", f"pass@{r['k']}"):
         assert 0.0 <= r[key] <= 1.0
