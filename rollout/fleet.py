@@ -345,7 +345,8 @@ class RolloutFleet:
             return {}
         return {"weight_update_version": lp["version"], "weight_bytes": lp["bytes"],
                 "weight_handover_s": lp["handover_s"], "weight_stall_s": lp["stall_s"],
-                "weight_collective": float(lp["transport"] == "collective")}
+                "weight_collective": float(lp["transport"] == "collective"),
+                "weight_broadcast_workers": float(len(lp.get("broadcast_to", [])))}
 
     def _finish_publish(self) -> None:
         """Record what the publish that just landed cost (``last_publish``): bytes the workers received,

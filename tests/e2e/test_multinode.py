@@ -171,7 +171,8 @@ def test_grpo_job_on_two_nodes_places_learner_and_rollout_workers_as_configured(
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in rows] == [1, 2]
     # the update that landed by step 2 was broadcast into both engines, each got every byte
-    assert rows[-1]["weight_collective"] == 1.0 and rows[-1]["weight_bytes"] > 0, rows[-1]
+    assert rows[-1]["weight_collective"] == 1.0 and rows[-1]["weight_broadcast_workers"] == 2.0, rows[-1]
+    assert rows[-1]["weight_bytes"] > 0, rows[-1]
     trained = [gid for r in rows for gid in r["trained_groups"]]
     assert len(trained) == len(set(trained)) == 2 * 4  # no group lost or trained twice
     for r in rows:  # every token's version is known: staleness within the bound

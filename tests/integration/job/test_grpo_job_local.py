@@ -54,7 +54,8 @@ def test_sync_mode_is_on_policy_and_resumes_mid_stage(local_ray, tiny_model, tmp
     assert [r["global_step"] for r in rows] == [1, 2]
     assert [r["version"] for r in rows] == [1, 2]
     # each step's update landed by broadcast before the next step (sync mode), from either run's learner
-    assert [(r["weight_update_version"], r["weight_collective"]) for r in rows] == [(1, 1.0), (2, 1.0)]
+    assert [(r["weight_update_version"], r["weight_collective"], r["weight_broadcast_workers"]) for r in rows] == \
+        [(1, 1.0, 1.0), (2, 1.0, 1.0)]
     for r in rows:
         # on-policy: every sample was generated entirely by the weights the learner held
         assert set(map(int, r["staleness_histogram"])) == {0}, r["staleness_histogram"]
