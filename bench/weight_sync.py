@@ -217,21 +217,21 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the engine's dtype (the published state dict is float32; collective sends the engine's)")
     ap.add_argument("--bucket-mib", type=int, default=64, help="collective: MiB per broadcast bucket")
-    ap.add_argument("--zero-copy", action="store_true",
-                    help="publish with Ray's zero-copy torch tensors (RAY_ENABLE_ZERO_COPY_TORCH_TENSORS=1 where the "
-                         "state dict is put): readers map it from the object store instead of unpickling a copy")
+    ap.add_argument("--copy", action="store_true",
+                    help="publish without Ray's zero-copy torch tensors: readers unpickle a copy of every tensor (the "
+                         "learner publishes with RAY_ENABLE_ZERO_COPY_TORCH_TENSORS=1, so readers map the state dict)")
     ap.add_argument("--workdir", default="/tmp/flywheel-bench-weight-sync", help="where the models are written")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if args.zero_copy:  # read by Ray at import, in the process that puts the state dict (here: this one)
+    if not args.copy:  # read by Ray at import, in the process that puts the state dict (here: this one)
         os.environ["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = env["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = "1"
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"load average before: {os.getloadavg()}; zero-copy torch tensors: {args.zero_copy}")
+    print(f"load average before: {os.getloadavg()}; zero-copy torch tensors: {not args.copy}")
     all_results = {size: bench_model(size, workdir, args.updates, args.max_tokens, args.dtype, args.bucket_mib)
                    for size in args.sizes}
     print(f"\nload average after: {os.getloadavg()} (numbers from a loaded machine are inflated)")

@@ -331,7 +331,11 @@ class Learner:
         worker_cls = ray.remote(LearnerWorker)
         self.workers = []
         for r in range(cfg.world_size):
-            opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_rank, "num_gpus": 1 if cfg.device == "cuda" else 0}
+            opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_rank, "num_gpus": 1 if cfg.device == "cuda" else 0,
+                                    # the published state dict (CPU, contiguous, detached) goes into the object
+                                    # store so that readers map it instead of unpickling a copy of every tensor:
+                                    # read-only views, which the fleet, the weight sender and the engines only read
+                                    "runtime_env": {"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}}}
             if placement_group is not None:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=bundle_offset + r)

@@ -45,6 +45,16 @@ def test_two_gloo_ranks_match_one_rank_and_share_checkpoints(ray_local, tiny_che
         n1, n2 = one.train_step(more), two.train_step(more)  # optimizer moments came along too
         assert n1["grad_norm"] == n2["grad_norm"] or abs(n1["grad_norm"] - n2["grad_norm"]) < 1e-5
         assert max_diff(one.full_state_dict(), two.full_state_dict()) < 1e-5
+
+        # the published state dict is mapped from the object store by every reader (Ray's zero-copy torch
+        # tensors), not unpickled into a copy per reader: two fetches share their memory
+        import ray
+
+        ref = one.publish_weights().tensors
+        a, b = ray.get(ref), ray.get(ref)
+        big = max(a, key=lambda k: a[k].numel())
+        assert a[big].data_ptr() == b[big].data_ptr()
+        assert max_diff(a, one.full_state_dict()) == 0.0
     finally:
         one.shutdown()
         two.shutdown()
