@@ -34,6 +34,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ class LearnerWorker:
         self.step = 0
         self.version = initial_version
         self.model = None
+        # Learner starts the ranks with Ray's zero-copy torch tensors: what they return is only ever read
+        # (the published state dict), so Ray's "read-only tensors only" warning says nothing here
+        warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is enabled")
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This host's address and a free port, for rank 0 to host the process group."""
