@@ -52,6 +52,16 @@ def stop_processes_under(temp_dirs: list[Path]) -> None:
             pass
 
 
+def ray_node_ports(head: bool) -> list[str]:
+    """``ray start`` flags giving one node every port of its own, free now: another Ray on the machine (a
+    second node of the same test cluster, a job's local Ray) holds the defaults (dashboard agent 52365, ...),
+    and a node whose agent cannot bind them never accepts ``ray job submit`` ("No available agent")."""
+    names = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+             "--metrics-export-port", "--object-manager-port", "--node-manager-port"]
+    names += ["--ray-client-server-port"] if head else []
+    return [x for name in names for x in (name, str(free_port()))]
+
+
 def terminate(proc: subprocess.Popen, timeout: float = 60) -> int:
     """SIGTERM a server process, SIGKILL it after ``timeout`` s; returns its exit code."""
     proc.send_signal(signal.SIGTERM)

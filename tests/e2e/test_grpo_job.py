@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, stop_processes_under
+from tests.conftest import free_port, ray_node_ports, stop_processes_under
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -38,7 +38,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def ray_cluster(tmp_path_factory):
     temp_dir = Path("/tmp") / f"fwray{os.getpid()}"  # short: Ray's socket paths have a length limit
     # every port explicit and free: other Ray clusters on the machine hold the defaults (agent 52365, ...)
-    gcs, dash, agent_http, agent_grpc, env_agent, metrics, client, om, nm = (free_port() for _ in range(9))
+    gcs, dash = free_port(), free_port()
     # token authentication with this cluster's own token (not the user's ~/.ray/auth_token)
     import secrets
 
@@ -51,10 +51,7 @@ def ray_cluster(tmp_path_factory):
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4",
            "--temp-dir", str(temp_dir), "--include-dashboard", "true", "--disable-usage-stats",
-           "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
-           "--ray-client-server-port", str(client), "--object-manager-port", str(om),
-           "--node-manager-port", str(nm), "--min-worker-port", "0", "--max-worker-port", "0"]
+           *ray_node_ports(head=True), "--min-worker-port", "0", "--max-worker-port", "0"]
     start = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert start.returncode == 0, start.stdout + start.stderr

@@ -11,8 +11,9 @@ sender in learner rank 0's bundle (head node) into both engines' worker processe
 they generate (in-flight updates, ``loss.max_staleness: 1``).
 
 The same keys place them on a real cluster (configs/grpo_cluster.yaml with deploy/k8s/raycluster.yaml
-or deploy/ray-cluster.yaml). Marked ``slow`` (run with ``-m slow``): two ``ray start``s plus the job take
-minutes on two cores. The cluster is stopped by ending exactly the processes it started (found by
+or deploy/ray-cluster.yaml). In the default suite (two ``ray start``s plus the job take ~3-4 minutes on two
+cores). Every port of both nodes is free and explicit (``ray_node_ports``), so other Ray instances on the
+machine cannot starve the job agents. The cluster is stopped by ending exactly the processes it started (found by
 their unique temp dirs): ``ray stop`` would also stop other Ray clusters on the machine.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, stop_processes_under
+from tests.conftest import free_port, ray_node_ports, stop_processes_under
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -57,9 +58,9 @@ def two_node_cluster():
               "--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
     head = [str(VENV_BIN / "ray"), "start", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dash), "--include-dashboard", "true", "--temp-dir", str(head_tmp),
-            "--resources", json.dumps({"learner_node": 2}), *common]
+            "--resources", json.dumps({"learner_node": 2}), *ray_node_ports(head=True), *common]
     worker = [str(VENV_BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", "--temp-dir", str(node_tmp),
-              "--resources", json.dumps({"rollout_node": 2}), *common]
+              "--resources", json.dumps({"rollout_node": 2}), *ray_node_ports(head=False), *common]
     try:
         for cmd in (head, worker):
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
