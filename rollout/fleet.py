@@ -1,18 +1,16 @@
 """``RolloutFleet``: the rollout workers (:class:`rollout.worker.RolloutWorker` actors) as one fleet
 that survives worker deaths; the GRPO job, the rollout service and the benchmarks all drive it.
 
-- **continuous generation** (the job): each worker always has a ``watch()`` call in flight; the
-  driver checks those refs with a local ``ray.wait(timeout=0)`` every loop iteration (:meth:`poll`,
-  no RPC), so a death is seen at once. A dead worker's leased prompts go back to the prompt source, Ray
-  restarts the actor (``rollout.worker_restarts``), and the fleet brings the new incarnation back one
-  non-blocking call at a time: start the engine, load the current weights, restart continuous
-  generation. A worker Ray will not restart again is dropped; with none left the job fails naming them.
+- **continuous generation** (the job): each worker always has a ``watch()`` call in flight, checked by a
+  local ``ray.wait(timeout=0)`` every loop iteration (:meth:`poll`, no RPC), so a death is seen at once.
+  A dead worker's leased prompts go back to the prompt source, Ray restarts the actor, and the fleet
+  brings the new incarnation back one non-blocking call at a time (engine, current weights, continuous
+  generation). A worker Ray will not restart is dropped; with none left the job fails naming them.
 - **batches** (the service, benchmarks): :meth:`generate` / :meth:`agenerate` send one prompt per call
-  to the least-loaded up worker (at most ``max_in_flight`` each); a prompt whose worker dies is run on
-  another, so a batch yields exactly one group per prompt. :meth:`map` spreads whole payloads (the
-  job's evaluation shards).
+  to the least-loaded up worker (at most ``max_in_flight`` each); a prompt whose worker dies runs on
+  another, so a batch yields one group per prompt. :meth:`map` spreads whole payloads (evaluation shards).
 - **weights**: :meth:`publish` / :meth:`apublish` forward one :class:`rollout.weight_update.WeightUpdate`
-  to every up worker; a rejoining worker gets the latest one when it is back.
+  to every up worker (object store or broadcast); a rejoining worker gets the latest one when back.
 """
 
 from __future__ import annotations
@@ -35,26 +33,19 @@ class NoLiveWorkers(RuntimeError):
 class _Rejoin:
     """Where one lost worker is on its way back (``RolloutFleet``)."""
 
-    since: float
-    """``time.monotonic()`` when the worker was found dead."""
+    since: float  # time.monotonic() when the worker was found dead
     step: str = "health"
     """``health`` (wait for a new incarnation), ``settle`` (the publish it had in flight), ``ready``
     (engine start), ``load`` (weights), ``start``."""
-    ref: Any = None
-    """The call in flight for ``step`` (None: a ``health`` retry is due at ``not_before``)."""
+    ref: Any = None  # the call in flight for ``step`` (None: a ``health`` retry is due at ``not_before``)
     not_before: float = 0.0
-    version: int = 0
-    """Weight version the worker holds (0 after a restart)."""
+    version: int = 0  # weight version the worker holds (0 after a restart)
     settle: tuple[int, Any] | None = None
-    """(version, ref) of a publish the worker had in flight when it was found dead. Ray may have run it
-    on the *new* incarnation (a call made after the restart, before the driver noticed the death), so its
-    outcome is awaited before deciding what the worker holds: no update is sent twice or skipped."""
-    requeued: int = 0
-    """Prompts leased to it that went back to the queue."""
-    running: bool = False
-    """Its continuous loop runs (started by the rejoin, or a false alarm: the worker never died)."""
-    died: int = 0
-    """``ActorDiedError`` answers so far (Ray gave up restarting it after a few)."""
+    """(version, ref) of a publish in flight when the worker was found dead: Ray may have run it on the new
+    incarnation, so its outcome decides what the worker holds (no update is sent twice or skipped)."""
+    requeued: int = 0  # prompts leased to it that went back to the queue
+    running: bool = False  # its continuous loop runs (started by the rejoin, or a false alarm)
+    died: int = 0  # ActorDiedError answers so far (Ray gave up restarting it after a few)
 
 
 class RolloutFleet:
@@ -407,18 +398,16 @@ class RolloutFleet:
         import ray
 
         refs = [self.workers[i].stats.remote() for i in self.up()]
-        done = ray.wait(refs, num_returns=len(refs), timeout=30)[0] if refs else []
         out = []
-        for ref in done:
+        for ref in ray.wait(refs, num_returns=len(refs), timeout=30)[0] if refs else []:
             try:
                 out.append(ray.get(ref))
             except Exception as e:  # a worker dying now is the watch's business, not the metrics'
                 log.warning("worker stats unavailable: %s", type(e).__name__)
         return out
 
-    # ---- batches (least-loaded, one prompt per call) --------------------------------------------------
     def pick(self) -> int:
-        """Index of the up worker with the fewest outstanding prompts."""
+        """Batches (least-loaded, one prompt per call): the up worker with the fewest outstanding prompts."""
         live = self.up()
         if not live:
             raise NoLiveWorkers(f"every rollout worker is dead ({', '.join(self.ids)})")
