@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretraining.config import HeldoutConfig, DPOConfig
+from pretraining.config import DPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,7 @@ def main(cfg: DPOConfig) -> int:
     print(f"DPO done in {out['seconds']:.0f}s: {out['final']} (loss {last['loss']:.4f}, margin "
           f"{last['reward_margin']:.3f}, preference acc {last['preference_acc']:.2f})", flush=True)
     if cfg.eval_n:
-        from pretraining.evaluate import evaluate, format_result
+        from pretraining.evaluate import report_greedy
 
-        r = evaluate(out['final'], HeldoutConfig(num_problems=cfg.eval_n), sample=False)
-        print(f"held-out accuracy (DPO): {format_result(r)}", flush=True)
+        report_greedy(out['final'], cfg.eval_n, "DPO")
     return 0

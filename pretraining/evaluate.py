@@ -165,6 +165,12 @@ def format_result(r: dict[str, Any]) -> str:
     return " | ".join(parts) + f" (n={r['n']}; greedy by level {per})"
 
 
+def report_greedy(checkpoint: str, n: int, label: str) -> None:
+    """The trainers' ``eval_n`` check after a run: greedy held-out accuracy on ``n`` problems, printed."""
+    r = evaluate(checkpoint, HeldoutConfig(num_problems=n), sample=False)
+    print(f"held-out accuracy ({label}): {format_result(r)}", flush=True)
+
+
 def main(cfg: EvalConfig) -> int:
     from pretraining.chat import ChatTemplateError
     from pretraining.checkpoint import CheckpointError

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretraining.config import HeldoutConfig, PretrainConfig
+from pretraining.config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,7 @@ def main(cfg: PretrainConfig) -> int:
     print(f"pretraining done in {out['seconds']:.0f}s: {out['final']} (final loss "
           f"{out['history'][-1]['loss'] if out['history'] else float('nan'):.4f})", flush=True)
     if cfg.eval_n:
-        from pretraining.evaluate import evaluate, format_result
+        from pretraining.evaluate import report_greedy
 
-        r = evaluate(out['final'], HeldoutConfig(num_problems=cfg.eval_n), sample=False)
-        print(f"held-out accuracy (base): {format_result(r)}", flush=True)
+        report_greedy(out['final'], cfg.eval_n, "base")
     return 0

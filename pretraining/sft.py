@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pretraining.config import HeldoutConfig, SFTConfig
+from pretraining.config import SFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,8 @@ def main(cfg: SFTConfig) -> int:
     print(f"SFT done in {out['seconds']:.0f}s: {out['final']} (final loss {out['history'][-1]['loss']:.4f})",
           flush=True)
     if cfg.eval_n:
-        from pretraining.evaluate import evaluate, format_result
+        from pretraining.evaluate import report_greedy
 
-        r = evaluate(out['final'], HeldoutConfig(num_problems=cfg.eval_n), sample=False)
-        print(f"held-out accuracy (SFT): {format_result(r)}", flush=True)
+        report_greedy(out['final'], cfg.eval_n, "SFT")
     return 0
 
